@@ -1,0 +1,3 @@
+"""NC transfer harness."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,176 @@
+"""SQL over the results store and its output formats (`harness query`, `harness status`)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+
+from harness import store
+from harness.errors import HarnessError
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+
+
+def execute(sql: str, root: str | os.PathLike | None = None) -> pa.Table:
+    """Run SQL against the store's views; a DuckDB error becomes one HarnessError line."""
+    import duckdb
+
+    base = store.results_root(root)
+    con = store.connect(base)
+    try:
+        rel = con.sql(sql)
+        if rel is None:  # a statement without a result set
+            return pa.table({})
+        fetch = getattr(rel, "to_arrow_table", None) or rel.arrow  # duckdb 2 / 1
+        return fetch()
+    except duckdb.Error as e:
+        msg = _one_line(e)
+        if not store.has_results(base) and isinstance(e, duckdb.CatalogException):
+            missing = [t for t in store.TABLES if f"name {t} does not exist" in msg]
+            if missing:
+                raise HarnessError(f"no results under {base}", code=1) from None
+        raise HarnessError(msg) from None
+    finally:
+        con.close()
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def write(
+    table: pa.Table, fmt: str, output: str | os.PathLike | None = None, out: IO[str] | None = None
+) -> None:
+    """Write a result table as table|csv|json|parquet to ``output`` (a file) or ``out``/stdout."""
+    if fmt not in FORMATS:
+        raise HarnessError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    out = out or sys.stdout
+    if fmt == "parquet":
+        if not output:
+            raise HarnessError("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        _atomic(output, lambda p: pq.write_table(table, p))
+        return
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+
+        buf = io.BytesIO()
+        pcsv.write_csv(table, buf)
+        text = buf.getvalue().decode()
+    elif fmt == "json":
+        rows = [{k: _jsonable(v) for k, v in r.items()} for r in table.to_pylist()]
+        text = json.dumps(rows, indent=1) + "\n"
+    else:
+        text = _render_table(table)
+    if output:
+        _atomic(output, lambda p: Path(p).write_text(text))
+    else:
+        out.write(text)
+
+
+def _atomic(output: str | os.PathLike, writer) -> None:
+    dest = Path(output)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        writer(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _render_table(table: pa.Table) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=True, header_style="bold")
+    for name in table.column_names:
+        t.add_column(name)
+    for row in table.to_pylist():
+        t.add_row(
+            *(
+                "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+                for v in row.values()
+            )
+        )
+    buf = io.StringIO()
+    Console(file=buf, width=max(80, min(250, 16 * max(1, table.num_columns)))).print(t)
+    return buf.getvalue() + f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})\n"
+
+
+def run(
+    sql: str,
+    root: str | os.PathLike | None = None,
+    fmt: str = "table",
+    output: str | os.PathLike | None = None,
+) -> int:
+    """`harness query`: execute and write in the chosen format."""
+    if fmt == "parquet" and not output:
+        raise HarnessError("--format parquet needs --output FILE")
+    write(execute(sql, root), fmt, output)
+    return 0
+
+
+def list_tables(root: str | os.PathLike | None = None, out: IO[str] | None = None) -> int:
+    """`harness query --tables`: every table with its columns and row count."""
+    out = out or sys.stdout
+    base = store.results_root(root)
+    if not store.has_results(base):
+        out.write(f"no results under {base}\n")
+    con = store.connect(base) if store.has_results(base) else None
+    try:
+        for t in store.TABLES:
+            if con is not None:
+                n = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                cols = [f"{r[0]} {r[1]}" for r in con.execute(f"DESCRIBE {t}").fetchall()]
+            else:
+                n = 0
+                cols = [f"{f.name} {f.type}" for f in store.SCHEMAS[t]]
+            nparts = len(store.parts(t, base))
+            out.write(f"{t}: {n} rows in {nparts} parts\n  " + ", ".join(cols) + "\n")
+    finally:
+        if con is not None:
+            con.close()
+    return 0
+
+
+def status(
+    root: str | os.PathLike | None = None, show_all: bool = False, out: IO[str] | None = None
+) -> int:
+    """`harness status`: counts of runs by latest status, and the failed ones with their error."""
+    out = out or sys.stdout
+    base = store.results_root(root)
+    runs = store.latest_runs(base)
+    if not runs:
+        out.write(f"no runs under {base}\n")
+        return 0
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    out.write(" ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f"  (total {len(runs)})\n")
+    for r in runs:
+        if show_all or r["status"] == "failed":
+            line = f"{r['run_id']}  {r['kind']:<9} {r['status']:<8}"
+            if r.get("slurm_job_id"):
+                line += f" job {r['slurm_job_id']}"
+            if r.get("log_path"):
+                line += f" log {r['log_path']}"
+            if r.get("error"):
+                line += f"  error: {_one_line(r['error'])[:200]}"
+            out.write(line + "\n")
+    return 0
