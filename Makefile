@@ -23,11 +23,15 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps animal-mnist
 	touch $@
 
 # The main job on the local default executor (results under ./results, logs under ./logs).
 main: setup
-	$(VENV)/bin/harness query --tables
+	$(VENV)/bin/harness measure --model resnet_tiny --dataset fashion_mnist --split test --ncc
+	$(VENV)/bin/harness query "SELECT layer, metric, variant, round(value, 4) AS value, n \
+	  FROM nc WHERE model = 'resnet_tiny' AND dataset = 'fashion_mnist' \
+	  AND metric IN ('nc1', 'ncc_acc') ORDER BY layer_index, metric, variant"
 
 # Tests against the real local SLURM cluster (started if not up) and a real local Ray.
 test: setup setup-slurm
@@ -40,3 +44,4 @@ lint:
 
 bench: setup
 	$(PY) benchmarks/bench_cli.py
+	$(PY) benchmarks/bench_nc.py

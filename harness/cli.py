@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ViT tokens: cls or mean (avg = mean); CNN maps are always averaged",
     )
     s.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised --model")
+    s.add_argument(
+        "--ncc",
+        action="store_true",
+        help="second pass over the data for ncc_acc and nc4 (needs final class means)",
+    )
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_measure)
 

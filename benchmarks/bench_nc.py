@@ -1,0 +1,156 @@
+"""NC engine benchmarks, each a ratio measured in this one run on this machine.
+
+(a) engine vs a naive two-pass float64 reference (per-sample outer products, as in the classic NC
+    reference code) on the same features, N=20k, D=512, K=10: speed ratio, max relative difference.
+(b) all-layer NC (every feature_info layer + pre-logits) of a resnet18 on 10k 28x28 images vs the
+    bare forward pass over the same batches: time ratio.
+(c) peak memory (max RSS of a fresh process) streaming N=10k vs N=40k samples: ratio.
+
+Run: .venv/bin/python benchmarks/bench_nc.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def naive_reference(X: np.ndarray, y: np.ndarray, K: int) -> dict[str, float]:
+    """Two passes in float64; Σ_W from per-sample outer products; Σ_B^† with np.linalg.pinv."""
+    X = X.astype(np.float64)
+    N, D = X.shape
+    mu = np.stack([X[y == c].mean(0) for c in range(K)])
+    mu_g = X.mean(0)
+    Sw = np.zeros((D, D))
+    for i in range(N):
+        d = X[i] - mu[y[i]]
+        Sw += np.outer(d, d)
+    Sw /= N
+    M = mu - mu_g
+    Sb = M.T @ M / K
+    return {
+        "nc1": float(np.trace(Sw @ np.linalg.pinv(Sb)) / K),
+        "nc1_quotient": float(np.trace(Sw) / np.trace(Sb)),
+    }
+
+
+def bench_engine_vs_naive(N: int, D: int, K: int) -> None:
+    from harness.nc import NCAccumulator, nc_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, N)
+    X = (rng.normal(size=(K, D))[y] * 3 + rng.normal(size=(N, D))).astype(np.float32)
+    t = time.perf_counter()
+    ref = naive_reference(X, y, K)
+    t_ref = time.perf_counter() - t
+    nc_metrics(X[:1000], y[:1000])  # warm-up
+    t = time.perf_counter()
+    ours = nc_metrics(X, y)  # in memory: exact two-pass plan, O(N·D·K)
+    t_ours = time.perf_counter() - t
+    rel = max(abs(ours[k] - ref[k]) / abs(ref[k]) for k in ref)
+    print(
+        f"(a) N={N} D={D} K={K}: naive {t_ref:.2f} s, engine {t_ours:.3f} s "
+        f"-> {t_ref / t_ours:.0f}x faster; max rel. diff {rel:.1e} (goal >= 50x, equal)"
+    )
+    t = time.perf_counter()
+    acc = NCAccumulator(K, mode="full")  # streaming one-pass plan, O(N·D²) GEMMs
+    for s in range(0, N, 1024):
+        acc.update(X[s : s + 1024], y[s : s + 1024])
+    full = acc.compute()
+    t_full = time.perf_counter() - t
+    rel = max(abs(full[k] - ref[k]) / abs(ref[k]) for k in ref)
+    print(
+        f"    streaming one-pass (full D x D scatter): {t_full:.3f} s -> {t_ref / t_full:.1f}x; "
+        f"max rel. diff {rel:.1e}"
+    )
+
+
+def bench_layers_vs_forward(n_images: int, batch: int, arch: str) -> None:
+    import torch
+
+    from harness import models
+    from harness.nc import NCAccumulator
+
+    torch.manual_seed(0)
+    model = models.create_model(arch, 10, 1, 28).eval()
+    layers = models.select_layers(model, "all")
+    fx = models.LayerFeatures(model, layers)
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(n_images, 1, 28, 28, generator=g)
+    ys = torch.randint(0, 10, (n_images,), generator=g)
+    batches = [(xs[s : s + batch], ys[s : s + batch]) for s in range(0, n_images, batch)]
+
+    def bare() -> None:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+
+    def ours() -> None:
+        accs = {ly.name: NCAccumulator(10) for ly in layers}
+        for x, y in batches:
+            feats, _ = fx(x)
+            for name, f in feats.items():
+                accs[name].update(f, y)
+        for a in accs.values():
+            a.compute()
+
+    bare()  # warm-up (allocator, thread pools)
+    times = {"bare": [], "ours": []}
+    for _ in range(2):  # interleave to share the machine's noise
+        for name, fn in (("bare", bare), ("ours", ours)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    tb, to = min(times["bare"]), min(times["ours"])
+    print(
+        f"(b) {arch}, {n_images} images 28x28, {len(layers)} layers: bare forward {tb:.1f} s, "
+        f"forward + NC of all layers {to:.1f} s -> {to / tb:.3f}x (goal <= 1.15x)"
+    )
+
+
+def child_peak_rss(N: int, D: int, K: int) -> int:
+    """Peak RSS (KiB) of a fresh process streaming N samples through one accumulator."""
+    code = (
+        "import resource, numpy as np, torch\n"
+        "from harness.nc import NCAccumulator\n"
+        f"N, D, K = {N}, {D}, {K}\n"
+        "rng = np.random.default_rng(0); acc = NCAccumulator(K)\n"
+        "for s in range(0, N, 1000):\n"
+        "    y = rng.integers(0, K, 1000); x = rng.normal(size=(1000, D)).astype(np.float32)\n"
+        "    acc.update(x, y)\n"
+        "acc.compute()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def bench_memory(D: int, K: int) -> None:
+    a, b = child_peak_rss(10_000, D, K), child_peak_rss(40_000, D, K)
+    print(
+        f"(c) peak RSS streaming D={D}: N=10k {a / 1024:.0f} MiB, N=40k {b / 1024:.0f} MiB "
+        f"-> {b / a:.3f}x for 4x the data (goal: flat)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    a = ap.parse_args()
+    if a.quick:
+        bench_engine_vs_naive(4000, 256, 10)
+        bench_layers_vs_forward(1000, 250, "resnet_tiny")
+    else:
+        bench_engine_vs_naive(20_000, 512, 10)
+        bench_layers_vs_forward(10_000, 250, "resnet18")
+    bench_memory(512, 10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Per-layer NC of a model on a dataset (`harness measure`), single process or DDP.
+
+Under torch.distributed every rank measures its shard (``indices[rank::world]``, no padding, so
+no sample counts twice), the per-layer accumulators are all-reduced, and rank 0 writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import store
+from harness.errors import HarnessError
+
+
+@dataclass
+class MeasureSpec:
+    dataset: str
+    model: str | None = None
+    checkpoint: str | None = None
+    split: str = "train"
+    layers: str = "all"
+    batch_size: int = 256
+    limit: int | None = None
+    pool: str = "avg"
+    seed: int = 0
+    ncc: bool = False  # second pass for ncc_acc / nc4 (always run where a layer needs it)
+    data_root: str | None = None
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if bool(self.model) == bool(self.checkpoint):
+            raise HarnessError("measure: give exactly one of --model NAME or --checkpoint PATH")
+        if self.batch_size < 1:
+            raise HarnessError(f"measure: --batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise HarnessError(f"measure: --limit must be >= 1, got {self.limit}")
+
+
+@dataclass
+class LayerResult:
+    layer: str
+    index: int
+    depth_frac: float
+    dim: int
+    metrics: dict[str, float]
+
+
+def build_model(spec: MeasureSpec, info) -> tuple[Any, dict[str, Any], bool]:
+    """(model, identity for provenance, whether its classifier belongs to this dataset)."""
+    import torch
+
+    from harness import models
+
+    if spec.checkpoint:
+        model, meta = models.load_checkpoint(spec.checkpoint)
+        if meta["in_chans"] != info.in_chans:
+            raise HarnessError(
+                f"checkpoint {spec.checkpoint}: {meta['in_chans']} input channels, "
+                f"dataset {spec.dataset} has {info.in_chans}"
+            )
+        ident = dict(checkpoint_sha256=models.file_sha256(spec.checkpoint), arch=meta["arch"])
+        own_head = (
+            meta.get("meta", {}).get("dataset") == spec.dataset
+            and meta["num_classes"] == info.num_classes
+        )
+        return model, ident, own_head
+    torch.manual_seed(spec.seed)
+    model = models.create_model(spec.model, info.num_classes, info.in_chans, info.image_size)
+    return model, dict(arch=spec.model, init_seed=spec.seed), False
+
+
+def measure(
+    spec: MeasureSpec,
+    *,
+    progress: bool = False,
+    write: bool = True,
+    skip_done: bool = True,
+    root: str | os.PathLike | None = None,
+) -> list[LayerResult]:
+    """Measure NC of every selected layer; returns the results (on every rank) and, on rank 0,
+    writes `nc` rows and a `runs` row unless ``write`` is false. A measurement whose config is
+    already done in the store is skipped (returns [])."""
+    spec.validate()
+    import torch
+
+    from harness import data, launch, models
+    from harness.nc import NCAccumulator, store_rows
+
+    dist = launch.init_distributed()
+    try:
+        ds = data.load(
+            spec.dataset,
+            spec.split,
+            root=spec.data_root,
+            limit=spec.limit,
+            seed=spec.seed,
+            **spec.data_kwargs,
+        )
+        info = ds.info
+        model, ident, own_head = build_model(spec, info)
+        layers = models.select_layers(model, spec.layers)
+        config = dict(
+            kind="measure",
+            **ident,
+            dataset=spec.dataset,
+            split=spec.split,
+            layers=[ly.name for ly in layers],
+            limit=spec.limit,
+            pool=spec.pool,
+            data_kwargs=spec.data_kwargs,
+            ncc=spec.ncc,
+        )
+        prov = store.Provenance.collect(config, "measure")
+        if write and skip_done and store.is_done(prov.run_id, root):
+            return []
+
+        model.eval()
+        extractor = models.LayerFeatures(model, layers, spec.pool)
+        cls = models.classifier_weights(model) if own_head else None
+        idx = list(range(dist.rank, len(ds), dist.world_size))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, idx), batch_size=spec.batch_size, shuffle=False
+        )
+        accs = {ly.name: NCAccumulator(info.num_classes) for ly in layers}
+
+        def run_pass(second: bool) -> None:
+            desc = f"{spec.dataset}/{spec.split} pass {2 if second else 1}"
+            with _progress(progress and dist.rank == 0, desc, len(loader)) as tick:
+                for x, y in loader:
+                    feats, _ = extractor(x)
+                    for name, f in feats.items():
+                        a = accs[name]
+                        if second:
+                            if name == models.PRE_LOGITS and cls is not None:
+                                a.update_second(f, y, cls[0], cls[1])
+                            else:
+                                a.update_second(f, y)
+                        else:
+                            a.update(f, y)
+                    tick()
+
+        run_pass(False)
+        if dist.initialized:
+            for a in accs.values():
+                a.all_reduce()
+        if spec.ncc or any(a.mode == "projected" for a in accs.values()):
+            run_pass(True)
+            if dist.initialized:
+                for a in accs.values():
+                    a.all_reduce_second()
+        results = []
+        for ly in layers:
+            a = accs[ly.name]
+            use_cls = cls if (ly.kind == "pre_logits" and cls is not None) else (None, None)
+            results.append(
+                LayerResult(ly.name, ly.index, ly.depth_frac, a.dim, a.compute(*use_cls))
+            )
+        n = accs[layers[0].name].count
+        if write and dist.rank == 0:
+            rows = [
+                dict(
+                    run_id=prov.run_id,
+                    checkpoint=spec.checkpoint,
+                    model=ident["arch"],
+                    dataset=spec.dataset,
+                    split=spec.split,
+                    layer=r.layer,
+                    layer_index=r.index,
+                    depth_frac=r.depth_frac,
+                    metric=m,
+                    variant=v,
+                    value=val,
+                    n=n,
+                    num_classes=info.num_classes,
+                    dim=r.dim,
+                )
+                for r in results
+                for m, v, val in store_rows(r.metrics)
+            ]
+            store.append("nc", rows, root)
+            store.record_run(prov, "done", root, attempt=0)
+        return results
+    finally:
+        launch.shutdown_distributed()
+
+
+class _progress:
+    """A rich progress bar when enabled; otherwise a no-op ticker."""
+
+    def __init__(self, enabled: bool, desc: str, total: int):
+        self.enabled, self.desc, self.total = enabled, desc, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.desc, total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+        return False
+
+
+def main(args: argparse.Namespace) -> int:
+    """`harness measure`: parse-level glue only."""
+    spec = MeasureSpec(
+        dataset=args.dataset,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        layers=args.layers,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        pool=args.pool,
+        seed=args.seed,
+        ncc=args.ncc,
+    )
+    results = measure(spec, progress=not args.no_progress, root=args.results)
+    root = store.results_root(args.results)
+    if not results:
+        print(f"already measured: same config is done under {root} (0 rows written)")
+        return 0
+    keys = ["nc1", "nc1_quotient", "cdnv", "nc2_etf", "ncc_acc"]
+    print(f"{'layer':<14}{'dim':>6}" + "".join(f"{k:>14}" for k in keys))
+    for r in results:
+        vals = "".join(f"{r.metrics[k]:>14.4g}" if k in r.metrics else f"{'-':>14}" for k in keys)
+        print(f"{r.layer:<14}{r.dim:>6}{vals}")
+    print(f"wrote {sum(len(r.metrics) for r in results)} rows to {root / 'nc'}")
+    return 0

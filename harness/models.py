@@ -1,0 +1,340 @@
+"""Models: timm architectures adapted to small inputs, tiny presets, checkpoints, and the
+layer registry (which features of which layers NC is measured on)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+CHECKPOINT_FORMAT = "harness-checkpoint-v1"
+PRESETS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_preset(name: str):
+    """Register a tiny model builder ``f(num_classes, in_chans, img_size, **kw)`` by name."""
+
+    def deco(fn):
+        PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def _small_resnet_stem(model: nn.Module, in_chans: int, stem_width: int) -> nn.Module:
+    """3×3 stride-1 stem for small images (28–32 px): keeps spatial detail that a 7×7/2 stem
+    plus max-pool would throw away; the max-pool stays so stage 1 runs at half resolution."""
+    model.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
+    return model
+
+
+@register_preset("resnet_tiny")
+def resnet_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: Any) -> nn.Module:
+    """timm ResNet, BasicBlock [1,1,1,1], widths 16-128 (~0.3 M params)."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    m = ResNet(
+        BasicBlock,
+        [1, 1, 1, 1],
+        channels=(16, 32, 64, 128),
+        in_chans=in_chans,
+        num_classes=num_classes,
+        **kw,
+    )
+    return _small_resnet_stem(m, in_chans, m.conv1.out_channels)
+
+
+@register_preset("vit_tiny")
+def vit_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: Any) -> nn.Module:
+    """timm VisionTransformer, depth 4, dim 64, 4 heads, patch 7 (16 tokens + CLS at 28 px)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    patch = 7 if img_size % 7 == 0 else (4 if img_size % 4 == 0 else 2)
+    kw.setdefault("global_pool", "token")
+    return VisionTransformer(
+        img_size=img_size,
+        patch_size=patch,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        **kw,
+    )
+
+
+def create_model(
+    arch: str, num_classes: int, in_chans: int = 3, img_size: int = 32, **kw: Any
+) -> nn.Module:
+    """A tiny preset by name, or any timm architecture (random init) adapted to the input."""
+    if arch in PRESETS:
+        return PRESETS[arch](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+    import timm
+
+    if not timm.is_model(arch):
+        raise HarnessError(
+            f"unknown architecture {arch!r}; presets: {', '.join(sorted(PRESETS))}; "
+            "or any timm name (timm.list_models())"
+        )
+    args: dict[str, Any] = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **kw)
+    try:
+        model = timm.create_model(arch, img_size=img_size, **args)
+    except TypeError:
+        model = timm.create_model(arch, **args)
+    if img_size <= 64 and isinstance(getattr(model, "conv1", None), nn.Conv2d):
+        stem = model.conv1
+        if stem.kernel_size[0] >= 7 and stem.in_channels == in_chans:
+            model = _small_resnet_stem(model, in_chans, stem.out_channels)
+    return model
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+    model_kwargs: dict | None = None,
+    meta: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Atomically write a checkpoint that ``load_checkpoint`` rebuilds with weights_only=True."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = dict(
+        format=CHECKPOINT_FORMAT,
+        arch=arch,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        img_size=img_size,
+        model_kwargs=model_kwargs or {},
+        meta=meta or {},
+        state_dict=model.state_dict(),
+        **(extra or {}),
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict safely (weights_only); anything else is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"checkpoint {path}: no such file")
+    try:
+        with warnings.catch_warnings():  # torch warns on odd pickles; the error line says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HarnessError(
+            f"checkpoint {path}: not a loadable torch checkpoint ({first[:160]})"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise HarnessError(
+            f"checkpoint {path}: not a harness checkpoint (no format {CHECKPOINT_FORMAT!r})"
+        )
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """(model with the checkpoint's weights, checkpoint dict without the state dict)."""
+    obj = read_checkpoint(path)
+    model = create_model(
+        obj["arch"],
+        obj["num_classes"],
+        obj["in_chans"],
+        obj["img_size"],
+        **obj.get("model_kwargs", {}),
+    )
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as e:
+        raise HarnessError(
+            f"checkpoint {path}: weights do not fit {obj['arch']} ({str(e).splitlines()[0]})"
+        ) from None
+    info = {k: v for k, v in obj.items() if k != "state_dict"}
+    return model, info
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    index: int  # position among all layers of the model
+    depth_frac: float  # (index + 1) / number of layers
+    kind: str  # "feature" (timm feature_info entry) or "pre_logits"
+
+
+PRE_LOGITS = "pre_logits"
+POOLS = ("avg", "mean", "cls")
+
+
+def model_layers(model: nn.Module) -> list[Layer]:
+    """Every measurable layer: timm's feature_info entries (stem/stages for CNNs, blocks for
+    ViTs), then the pre-logits representation the classifier reads."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise HarnessError(
+            f"{type(model).__name__} has no timm feature_info; cannot list its layers"
+        )
+    names = [f["module"] for f in info] + [PRE_LOGITS]
+    n = len(names)
+    return [
+        Layer(nm, i, (i + 1) / n, "pre_logits" if nm == PRE_LOGITS else "feature")
+        for i, nm in enumerate(names)
+    ]
+
+
+def select_layers(model: nn.Module, spec: str | Sequence[str | int] = "all") -> list[Layer]:
+    """Layers by 'all', or names / indices (negative from the end), comma separated or a list."""
+    layers = model_layers(model)
+    if isinstance(spec, str):
+        if spec.strip() == "all":
+            return layers
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
+    by_name = {ly.name: ly for ly in layers}
+    out: list[Layer] = []
+    for item in spec:
+        s = str(item)
+        if s in by_name:
+            ly = by_name[s]
+        elif s.lstrip("-").isdigit() and -len(layers) <= int(s) < len(layers):
+            ly = layers[int(s)]
+        else:
+            valid = ", ".join(f"{ly.index}:{ly.name}" for ly in layers)
+            raise HarnessError(
+                f"unknown layer {s!r} of {type(model).__name__}; valid: all, {valid}"
+            )
+        if ly not in out:
+            out.append(ly)
+    return sorted(out, key=lambda ly: ly.index)
+
+
+def _pool(t: Any, pool: str, n_prefix: int = 0) -> torch.Tensor:
+    """B×C×H×W maps → B×C (average); ViT tokens → CLS (first prefix token) or the mean of the
+    patch tokens (prefix tokens excluded, as timm's own avg pool)."""
+    if isinstance(t, tuple):  # forward_intermediates(return_prefix_tokens=True): (patches, prefix)
+        spatial, prefix = t
+        if pool == "cls" and prefix is not None and prefix.shape[1] > 0:
+            return prefix[:, 0]
+        t = spatial
+    elif t.ndim == 3 and n_prefix:  # B×L×C tokens from a hook, prefix tokens first
+        if pool == "cls":
+            return t[:, 0]
+        t = t[:, n_prefix:]
+    if t.ndim == 4:
+        return t.mean((2, 3))
+    if t.ndim == 3:
+        return t.mean(1)
+    return t.flatten(1)
+
+
+class LayerFeatures:
+    """One forward pass → pooled features of every selected layer (and the logits).
+
+    Uses timm's ``forward_intermediates``; models without it fall back to forward hooks on the
+    feature_info modules, removed again when the call ends.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[Layer], pool: str = "avg"):
+        if pool not in POOLS:
+            raise HarnessError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
+        self.model = model
+        self.layers = list(layers)
+        self.pool = pool
+        feats = [ly for ly in self.layers if ly.kind == "feature"]
+        self.indices = [ly.index for ly in feats]
+        fi = getattr(model, "forward_intermediates", None)
+        self.use_fi = fi is not None
+        self.prefix = (
+            self.use_fi
+            and "return_prefix_tokens" in inspect.signature(fi).parameters
+            and getattr(model, "num_prefix_tokens", 0) > 0
+        )
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({layer name: B×D features}, logits)."""
+        m = self.model
+        out: dict[str, torch.Tensor] = {}
+        if self.use_fi:
+            kw = {"return_prefix_tokens": True} if self.prefix else {}
+            final, inter = m.forward_intermediates(x, indices=self.indices or [0], **kw)
+            if self.indices:
+                for ly, t in zip(
+                    [ly for ly in self.layers if ly.kind == "feature"], inter, strict=True
+                ):
+                    out[ly.name] = _pool(t, self.pool)
+        else:
+            final, caught = self._hooked(x)
+            for ly in self.layers:
+                if ly.kind == "feature":
+                    out[ly.name] = _pool(
+                        caught[ly.name], self.pool, getattr(m, "num_prefix_tokens", 0)
+                    )
+        pre = m.forward_head(final, pre_logits=True)
+        logits = m.get_classifier()(pre)
+        if any(ly.kind == "pre_logits" for ly in self.layers):
+            out[PRE_LOGITS] = pre.flatten(1)
+        return out, logits
+
+    def _hooked(self, x):
+        caught: dict[str, torch.Tensor] = {}
+        mods = dict(self.model.named_modules())
+        handles = []
+        try:
+            for ly in self.layers:
+                if ly.kind == "feature":
+                    handles.append(
+                        mods[ly.name].register_forward_hook(
+                            lambda _m, _i, o, name=ly.name: caught.__setitem__(name, o)
+                        )
+                    )
+            final = self.model.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return final, caught
+
+
+def classifier_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W, b) of a linear classifier head, or None when the head is not a single Linear."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        return head.weight.detach(), (head.bias.detach() if head.bias is not None else None)
+    return None
