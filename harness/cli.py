@@ -33,6 +33,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return query.status(args.results, show_all=args.all)
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from harness import config, pretrain
+
+    flags = {
+        "nodes": args.nodes,
+        "tasks_per_node": args.tasks_per_node,
+        "cpus_per_task": args.cpus_per_task,
+        "mem_gb": args.mem,
+        "timeout_min": args.time,
+        "partition": args.partition,
+    }
+    overrides = [f"resources.{k}={v}" for k, v in flags.items() if v is not None] + args.set
+    spec = config.load_spec(args.spec, overrides)
+    pretrain.submit(spec, args.executor or spec.executor, root=args.results, wait=args.wait)
+    return 0
+
+
 def _cmd_measure(args: argparse.Namespace) -> int:
     from harness import measure
 
@@ -53,8 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     s = sub.add_parser("submit", help="run a pre-training grid through submitit (SLURM or local)")
-    s.add_argument("spec")
-    s.set_defaults(func=_not_built("submit", "pre-training issue"))
+    s.add_argument("spec", help="YAML spec: base config, grid of lists, resources")
+    s.add_argument(
+        "--executor",
+        choices=["auto", "slurm", "local", "debug"],
+        default=None,
+        help="default: the spec's, else slurm when sbatch is reachable, else local",
+    )
+    s.add_argument("--nodes", type=int)
+    s.add_argument("--tasks-per-node", type=int)
+    s.add_argument("--cpus-per-task", type=int)
+    s.add_argument("--mem", type=float, help="memory per node in GB")
+    s.add_argument("--time", type=int, help="time limit in minutes")
+    s.add_argument("--partition")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. base.epochs=3 or grid.loss=[ce,mse]",
+    )
+    s.add_argument("--wait", action="store_true", help="wait for SLURM jobs to finish")
+    s.set_defaults(func=_cmd_submit)
 
     s = sub.add_parser("status", help="runs by status")
     s.add_argument("--all", action="store_true", help="list every run, not only the counts")

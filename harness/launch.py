@@ -111,10 +111,10 @@ def init_distributed(backend: str | None = None) -> DistInfo:
             dist.get_backend(),
             True,
         )
-    ntasks = int(os.environ.get("SLURM_NTASKS", os.environ.get("WORLD_SIZE", "1")))
+    ntasks, in_job = _job_tasks()
     if ntasks <= 1:
         return DistInfo(0, 1, 0, backend, False)
-    if "SLURM_JOB_ID" in os.environ and "MASTER_ADDR" not in os.environ:
+    if in_job and "MASTER_ADDR" not in os.environ:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -123,6 +123,17 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, init_method="env://")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend, True)
+
+
+def _job_tasks() -> tuple[int, bool]:
+    """(number of tasks, inside a submitit job?): a submitit job (SLURM or local) knows its
+    tasks; otherwise WORLD_SIZE (torchrun) or 1."""
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().num_tasks, True
+    except RuntimeError:
+        return int(os.environ.get("WORLD_SIZE", "1")), False
 
 
 def shutdown_distributed() -> None:
@@ -157,3 +168,98 @@ def probe_distributed(value: float | None = None) -> dict[str, Any]:
         )
     finally:
         shutdown_distributed()
+
+
+# ---------------------------------------------------------------------------------------------
+# Job records: what was submitted where, so `harness status` can join SLURM / submitit states.
+
+_SLURM_STATES = {
+    "PENDING": "pending",
+    "CONFIGURING": "pending",
+    "REQUEUED": "requeued",
+    "REQUEUE_HOLD": "requeued",
+    "REQUEUE_FED": "requeued",
+    "PREEMPTED": "requeued",
+    "RESIZING": "running",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SUSPENDED": "running",
+    "COMPLETED": "done",
+    "FAILED": "failed",
+    "TIMEOUT": "failed",
+    "CANCELLED": "failed",
+    "NODE_FAIL": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+}
+
+
+def jobs_dir(root: str | os.PathLike | None = None) -> Path:
+    from harness.store import results_root
+
+    return results_root(root) / "jobs"
+
+
+def record_job(
+    root: str | os.PathLike | None, *, run_id: str, job: Any, executor: str, name: str
+) -> Path:
+    """Write one submission record (atomic JSON) next to the results."""
+    import datetime as dt
+    import json
+
+    d = jobs_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    rec = dict(
+        run_id=run_id,
+        job_id=str(job.job_id),
+        executor=executor,
+        name=name,
+        stdout=str(job.paths.stdout),
+        stderr=str(job.paths.stderr),
+        submitted_at=dt.datetime.now(dt.UTC).isoformat(),
+    )
+    path = d / f"{run_id}-{str(job.job_id).replace('/', '_')}.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, path)
+    return path
+
+
+def read_jobs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Every submission record, oldest first."""
+    import json
+
+    d = jobs_dir(root)
+    recs = [json.loads(p.read_text()) for p in d.glob("*.json")] if d.exists() else []
+    return sorted(recs, key=lambda r: r["submitted_at"])
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Harness state (pending/running/requeued/failed/done) of SLURM jobs, from sacct."""
+    if not job_ids or not shutil.which("sacct"):
+        return {}
+    r = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    out: dict[str, str] = {}
+    for line in r.stdout.splitlines():  # with -D, requeued jobs list every attempt; last wins
+        if "|" in line:
+            jid, state = line.split("|", 1)
+            out[jid] = _SLURM_STATES.get(state.split()[0], state.lower())
+    return out
+
+
+def last_error_line(path: str | None) -> str | None:
+    """The last line of a log that names an error (or its last non-empty line)."""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, errors="replace") as fh:
+        lines = [ln.strip() for ln in fh.read().splitlines()[-200:] if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln
+    return lines[-1] if lines else None

@@ -72,6 +72,97 @@ def build_model(spec: MeasureSpec, info) -> tuple[Any, dict[str, Any], bool]:
     return model, dict(arch=spec.model, init_seed=spec.seed), False
 
 
+def measure_model(
+    model,
+    ds,
+    layers,
+    *,
+    pool: str = "avg",
+    batch_size: int = 256,
+    ncc: bool = False,
+    classifier=None,
+    dist=None,
+    progress: bool = False,
+    desc: str = "",
+) -> tuple[list[LayerResult], int]:
+    """NC of ``layers`` of ``model`` over dataset ``ds``: one forward pass per batch feeds every
+    layer's accumulator. Under torch.distributed (``dist``) each rank reads ``rank::world`` and the
+    statistics are all-reduced, so every rank returns the global result. The model is put in eval
+    mode (and restored), gradients are off. Returns (results, number of samples)."""
+    import torch
+
+    from harness import models
+    from harness.nc import NCAccumulator
+
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    reduce = dist is not None and dist.initialized
+    was_training = model.training
+    model.eval()
+    try:
+        extractor = models.LayerFeatures(model, layers, pool)
+        idx = list(range(rank, len(ds), world))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False
+        )
+        num_classes = ds.info.num_classes
+        accs = {ly.name: NCAccumulator(num_classes) for ly in layers}
+
+        def run_pass(second: bool) -> None:
+            label = f"{desc} pass {2 if second else 1}"
+            with _progress(progress and rank == 0, label, len(loader)) as tick:
+                for x, y in loader:
+                    feats, _ = extractor(x)
+                    for name, f in feats.items():
+                        if not second:
+                            accs[name].update(f, y)
+                        elif name == models.PRE_LOGITS and classifier is not None:
+                            accs[name].update_second(f, y, *classifier)
+                        else:
+                            accs[name].update_second(f, y)
+                    tick()
+
+        run_pass(False)
+        if reduce:
+            for a in accs.values():
+                a.all_reduce()
+        if ncc or any(a.mode == "projected" for a in accs.values()):
+            run_pass(True)
+            if reduce:
+                for a in accs.values():
+                    a.all_reduce_second()
+        results = []
+        for ly in layers:
+            a = accs[ly.name]
+            cls = (
+                classifier if (ly.kind == "pre_logits" and classifier is not None) else (None, None)
+            )
+            results.append(LayerResult(ly.name, ly.index, ly.depth_frac, a.dim, a.compute(*cls)))
+        return results, accs[layers[0].name].count
+    finally:
+        model.train(was_training)
+
+
+def nc_rows(results: list[LayerResult], n: int, **common: Any) -> list[dict[str, Any]]:
+    """Long-format `nc` rows (one per layer and metric) sharing ``common`` columns."""
+    from harness.nc import store_rows
+
+    return [
+        dict(
+            common,
+            layer=r.layer,
+            layer_index=r.index,
+            depth_frac=r.depth_frac,
+            metric=m,
+            variant=v,
+            value=val,
+            n=n,
+            dim=r.dim,
+        )
+        for r in results
+        for m, v, val in store_rows(r.metrics)
+    ]
+
+
 def measure(
     spec: MeasureSpec,
     *,
@@ -84,10 +175,8 @@ def measure(
     writes `nc` rows and a `runs` row unless ``write`` is false. A measurement whose config is
     already done in the store is skipped (returns [])."""
     spec.validate()
-    import torch
 
     from harness import data, launch, models
-    from harness.nc import NCAccumulator, store_rows
 
     dist = launch.init_distributed()
     try:
@@ -117,69 +206,30 @@ def measure(
         if write and skip_done and store.is_done(prov.run_id, root):
             return []
 
-        model.eval()
-        extractor = models.LayerFeatures(model, layers, spec.pool)
         cls = models.classifier_weights(model) if own_head else None
-        idx = list(range(dist.rank, len(ds), dist.world_size))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(ds, idx), batch_size=spec.batch_size, shuffle=False
+        results, n = measure_model(
+            model,
+            ds,
+            layers,
+            pool=spec.pool,
+            batch_size=spec.batch_size,
+            ncc=spec.ncc,
+            classifier=cls,
+            dist=dist,
+            progress=progress,
+            desc=f"{spec.dataset}/{spec.split}",
         )
-        accs = {ly.name: NCAccumulator(info.num_classes) for ly in layers}
-
-        def run_pass(second: bool) -> None:
-            desc = f"{spec.dataset}/{spec.split} pass {2 if second else 1}"
-            with _progress(progress and dist.rank == 0, desc, len(loader)) as tick:
-                for x, y in loader:
-                    feats, _ = extractor(x)
-                    for name, f in feats.items():
-                        a = accs[name]
-                        if second:
-                            if name == models.PRE_LOGITS and cls is not None:
-                                a.update_second(f, y, cls[0], cls[1])
-                            else:
-                                a.update_second(f, y)
-                        else:
-                            a.update(f, y)
-                    tick()
-
-        run_pass(False)
-        if dist.initialized:
-            for a in accs.values():
-                a.all_reduce()
-        if spec.ncc or any(a.mode == "projected" for a in accs.values()):
-            run_pass(True)
-            if dist.initialized:
-                for a in accs.values():
-                    a.all_reduce_second()
-        results = []
-        for ly in layers:
-            a = accs[ly.name]
-            use_cls = cls if (ly.kind == "pre_logits" and cls is not None) else (None, None)
-            results.append(
-                LayerResult(ly.name, ly.index, ly.depth_frac, a.dim, a.compute(*use_cls))
-            )
-        n = accs[layers[0].name].count
         if write and dist.rank == 0:
-            rows = [
-                dict(
-                    run_id=prov.run_id,
-                    checkpoint=spec.checkpoint,
-                    model=ident["arch"],
-                    dataset=spec.dataset,
-                    split=spec.split,
-                    layer=r.layer,
-                    layer_index=r.index,
-                    depth_frac=r.depth_frac,
-                    metric=m,
-                    variant=v,
-                    value=val,
-                    n=n,
-                    num_classes=info.num_classes,
-                    dim=r.dim,
-                )
-                for r in results
-                for m, v, val in store_rows(r.metrics)
-            ]
+            rows = nc_rows(
+                results,
+                n,
+                run_id=prov.run_id,
+                checkpoint=spec.checkpoint,
+                model=ident["arch"],
+                dataset=spec.dataset,
+                split=spec.split,
+                num_classes=info.num_classes,
+            )
             store.append("nc", rows, root)
             store.record_run(prov, "done", root, attempt=0)
         return results

@@ -99,6 +99,88 @@ def create_model(
     return model
 
 
+class PretrainNet(nn.Module):
+    """timm backbone → optional projection head (depth 0–3) → linear classifier.
+
+    The representation used for transfer (``pre_logits`` in the layer registry) is the backbone's
+    pooled output, i.e. the projection head's *input*. ``head_depth`` = 0 puts the classifier
+    straight on it; otherwise the head is (depth−1) × [Linear, BatchNorm1d, ReLU] + Linear to
+    ``head_dim``, and the classifier (or the supcon loss) reads the head's output.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, head_depth: int = 0, head_dim: int = 128
+    ):
+        super().__init__()
+        if not 0 <= head_depth <= 3:
+            raise HarnessError(f"head_depth must be 0..3, got {head_depth}")
+        self.backbone = backbone
+        self.backbone.reset_classifier(0)
+        self.head_depth = head_depth
+        width = backbone.num_features
+        layers: list[nn.Module] = []
+        for i in range(head_depth):
+            layers.append(nn.Linear(width, head_dim))
+            width = head_dim
+            if i < head_depth - 1:
+                layers += [nn.BatchNorm1d(head_dim), nn.ReLU(inplace=True)]
+        self.head = nn.Sequential(*layers) if layers else nn.Identity()
+        self.classifier = nn.Linear(width, num_classes)
+        self.num_features = backbone.num_features
+        self.feature_info = backbone.feature_info
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The transfer representation: pooled backbone features."""
+        return self.backbone(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Projection-head output (what supcon contrasts)."""
+        return self.head(self.features(x))
+
+    def forward(self, x: torch.Tensor, embed: bool = False):
+        """Logits; with ``embed=True`` (supcon) the embedding and the logits of a classifier
+        trained on the *detached* embedding (an online linear probe for source accuracy)."""
+        e = self.embed(x)
+        if embed:
+            return e, self.classifier(e.detach())
+        return self.classifier(e)
+
+    # the timm-style interface LayerFeatures relies on
+    def forward_intermediates(self, x, **kw):
+        return self.backbone.forward_intermediates(x, **kw)
+
+    def forward_features(self, x):
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        pre = self.backbone.forward_head(x, pre_logits=True)
+        return pre if pre_logits else self.classifier(self.head(pre))
+
+    def head_logits(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(pre))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return getattr(self.backbone, "num_prefix_tokens", 0)
+
+
+def build_network(
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+    head_depth: int = 0,
+    head_dim: int = 128,
+    **kw: Any,
+) -> PretrainNet:
+    """Backbone by name (preset or timm) wrapped with a projection head and classifier."""
+    backbone = create_model(arch, num_classes, in_chans, img_size, **kw)
+    return PretrainNet(backbone, num_classes, head_depth, head_dim)
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
@@ -161,9 +243,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """(model with the checkpoint's weights, checkpoint dict without the state dict)."""
+    """(model with the checkpoint's weights, checkpoint dict without the state dict).
+
+    A ``PretrainNet`` checkpoint (its weights live under ``backbone.``; ``model_kwargs`` carry
+    head_depth / head_dim) comes back as a ``PretrainNet``, a plain timm one as the timm model."""
     obj = read_checkpoint(path)
-    model = create_model(
+    wrapped = any(k.startswith("backbone.") for k in obj["state_dict"])
+    model = (build_network if wrapped else create_model)(
         obj["arch"],
         obj["num_classes"],
         obj["in_chans"],
@@ -308,14 +394,14 @@ class LayerFeatures:
                         caught[ly.name], self.pool, getattr(m, "num_prefix_tokens", 0)
                     )
         pre = m.forward_head(final, pre_logits=True)
-        logits = m.get_classifier()(pre)
+        logits = m.head_logits(pre) if isinstance(m, PretrainNet) else m.get_classifier()(pre)
         if any(ly.kind == "pre_logits" for ly in self.layers):
             out[PRE_LOGITS] = pre.flatten(1)
         return out, logits
 
     def _hooked(self, x):
         caught: dict[str, torch.Tensor] = {}
-        mods = dict(self.model.named_modules())
+        mods = dict(getattr(self.model, "backbone", self.model).named_modules())
         handles = []
         try:
             for ly in self.layers:
@@ -333,7 +419,10 @@ class LayerFeatures:
 
 
 def classifier_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W, b) of a linear classifier head, or None when the head is not a single Linear."""
+    """(W, b) of a linear classifier reading the pre-logits features directly, else None (a
+    projection head between them, or a head that is not a single Linear)."""
+    if isinstance(model, PretrainNet) and model.head_depth > 0:
+        return None
     head = model.get_classifier()
     if isinstance(head, nn.Linear):
         return head.weight.detach(), (head.bias.detach() if head.bias is not None else None)

@@ -149,13 +149,42 @@ def list_tables(root: str | os.PathLike | None = None, out: IO[str] | None = Non
     return 0
 
 
+def run_states(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Each run's current state, joining the store (done / failed rows) with submission
+    records and SLURM's view (pending / running / requeued / failed)."""
+    from harness import launch
+
+    base = store.results_root(root)
+    runs = {r["run_id"]: dict(r) for r in store.latest_runs(base)}
+    latest_job: dict[str, dict[str, Any]] = {}
+    for rec in launch.read_jobs(base):
+        latest_job[rec["run_id"]] = rec
+    slurm = launch.slurm_states(
+        [j["job_id"] for j in latest_job.values() if j["executor"] == "slurm"]
+    )
+    for rid, rec in latest_job.items():
+        row = runs.setdefault(rid, dict(run_id=rid, kind="pretrain", status="submitted"))
+        row["slurm_job_id"] = row.get("slurm_job_id") or rec["job_id"]
+        if row["status"] == "done":
+            continue
+        state = slurm.get(rec["job_id"]) if rec["executor"] == "slurm" else None
+        if state == "done":  # SLURM finished but the run wrote no result
+            state = "failed"
+        if state and row["status"] != "failed":  # the run's own failure row is final
+            row["status"] = state
+        if row["status"] == "failed":
+            row["log_path"] = row.get("log_path") or rec["stderr"]
+            row["error"] = row.get("error") or launch.last_error_line(rec["stderr"])
+    return list(runs.values())
+
+
 def status(
     root: str | os.PathLike | None = None, show_all: bool = False, out: IO[str] | None = None
 ) -> int:
-    """`harness status`: counts of runs by latest status, and the failed ones with their error."""
+    """`harness status`: counts of runs by state, and the failed ones with log and error line."""
     out = out or sys.stdout
     base = store.results_root(root)
-    runs = store.latest_runs(base)
+    runs = run_states(base)
     if not runs:
         out.write(f"no runs under {base}\n")
         return 0
@@ -165,7 +194,7 @@ def status(
     out.write(" ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f"  (total {len(runs)})\n")
     for r in runs:
         if show_all or r["status"] == "failed":
-            line = f"{r['run_id']}  {r['kind']:<9} {r['status']:<8}"
+            line = f"{r['run_id']}  {r['kind']:<9} {r['status']:<9}"
             if r.get("slurm_job_id"):
                 line += f" job {r['slurm_job_id']}"
             if r.get("log_path"):

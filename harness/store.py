@@ -74,6 +74,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("final_loss", pa.float64()),
             pa.field("params", pa.int64()),
             pa.field("checkpoint", pa.string()),
+            pa.field("images_per_s", pa.float64()),  # training throughput of this attempt
             pa.field("wall_s", pa.float64()),
         ]
     ),
@@ -118,6 +119,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("trainable_params", pa.int64()),
             pa.field("total_params", pa.int64()),
             pa.field("wall_s", pa.float64()),
+            pa.field("layer_choice", pa.string()),  # why this layer (e.g. `layer: auto`)
+            pa.field("node", pa.string()),  # Ray node that ran the trial
         ]
     ),
     "scores": pa.schema(

@@ -126,9 +126,7 @@ def test_status_counts_latest_attempt(results):
     assert "ValueError: bad lr" in out and "/x/1_0_log.err" in out and "boom" not in out
 
 
-@pytest.mark.parametrize(
-    "cmd", ["submit x.yaml", "sweep x.yaml", "correlate", "report", "run x.yaml"]
-)
+@pytest.mark.parametrize("cmd", ["sweep x.yaml", "correlate", "report", "run x.yaml"])
 def test_unbuilt_commands_refuse(cmd):
     r = harness(*cmd.split(), check=False)
     assert r.returncode == 2
