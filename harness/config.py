@@ -408,6 +408,7 @@ class SweepSpec(_Spec):
     checkpoints: CheckpointSelect
     base: dict[str, Any] = {}
     grid: dict[str, Any] = {}
+    include: list[dict[str, Any]] = []  # extra trial points over base, not crossed with the grid
     search: Literal["grid", "random"] = "grid"
     num_samples: int = Field(1, ge=1)
     search_seed: int = 0
@@ -452,4 +453,77 @@ class SweepSpec(_Spec):
                     else:
                         point[k] = rng.choice(arg)
                 out.append(point)
-        return out
+        return out + [{**self.base, **extra} for extra in self.include]
+
+
+# --------------------------------------------------------------------------------------------
+# The whole study (`harness run`)
+
+
+class MeasureSettings(_Spec):
+    """Downstream NC per layer of every checkpoint."""
+
+    split: Literal["train", "val", "test"] = "train"
+    limit: int | None = Field(2000, ge=1)
+    layers: str = "all"
+    batch_size: int = Field(256, ge=1)
+
+
+class ScoreSettings(_Spec):
+    limit: int | None = Field(2000, ge=1)
+
+
+class ReportSettings(_Spec):
+    out: str | None = None  # default reports/<study name>
+    bootstrap: int = Field(1000, ge=10)
+    seed: int = 0
+
+
+class StudySpec(_Spec):
+    """A ``harness run`` file: the pre-training grid (a submit spec's ``resources``/``base``/
+    ``grid``/``include``), the downstream datasets, the fine-tuning sweep (a sweep spec's
+    ``base``/``grid``/``include``/search settings; its checkpoints are the study's own runs), and
+    the measurement, scoring and report settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    executor: Literal["auto", "slurm", "local", "debug"] = "auto"
+    pretrain: dict[str, Any]
+    downstream: list[str] = Field(min_length=1)
+    measure: MeasureSettings = MeasureSettings()
+    finetune: dict[str, Any]
+    scores: ScoreSettings = ScoreSettings()
+    report: ReportSettings = ReportSettings()
+
+    @field_validator("downstream")
+    @classmethod
+    def _known_downstream(cls, v: list[str]) -> list[str]:
+        from harness import data
+
+        for name in v:
+            if name not in data.names() and not name.startswith("imagefolder:"):
+                raise ValueError(f"unknown dataset {name!r}; valid: {_choices(data.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _valid_parts(self) -> Self:
+        for part, build in (("pretrain", self.pretrain_spec), ("finetune", self.sweep_spec)):
+            try:
+                build()
+            except ValidationError as e:
+                loc, message, more = _describe(e.errors()[0], SubmitSpec)
+                raise _SpecError((part, *loc), message, more + e.error_count() - 1) from None
+            except _SpecError as e:
+                raise _SpecError((part, *e.loc), e.message, e.more) from None
+        return self
+
+    def pretrain_spec(self) -> SubmitSpec:
+        return SubmitSpec.model_validate(
+            {"name": f"{self.name}-pretrain", "executor": self.executor, **self.pretrain}
+        )
+
+    def sweep_spec(self) -> SweepSpec:
+        ids = ", ".join(f"'{cfg.run_id()}'" for cfg in self.pretrain_spec().runs())
+        query = f"SELECT checkpoint FROM pretrain WHERE run_id IN ({ids})"
+        return SweepSpec.model_validate(
+            {"name": f"{self.name}-finetune", "checkpoints": {"query": query}, **self.finetune}
+        )

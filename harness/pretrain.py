@@ -347,6 +347,7 @@ def submit(
     root: str | os.PathLike | None = None,
     wait: bool = False,
     echo=print,
+    cancel_on_interrupt: bool = True,
 ) -> list[Any]:
     """Submit every run of ``spec`` (a ``SubmitSpec``) that is not done or already queued.
 
@@ -399,7 +400,17 @@ def submit(
             echo(f"  {job.job_id}  {cfg.short_name()}  run {cfg.run_id()}  log {job.paths.stderr}")
         jobs += sub
         if kind != "slurm" or wait:
-            failed += _wait(sub, echo)
+            try:
+                failed += _wait(sub, echo)
+            except KeyboardInterrupt:
+                if cancel_on_interrupt and kind == "local":  # local jobs would outlive us
+                    for job in sub:
+                        job.cancel(check=False)
+                    echo(
+                        f"interrupted: cancelled {len(sub)} local jobs (they resume from their "
+                        "last epoch next time)"
+                    )
+                raise
     echo(f"logs: {folder}")
     if failed:
         raise HarnessError(f"{failed} of {len(jobs)} jobs failed (see `harness status`)", code=1)

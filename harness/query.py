@@ -101,12 +101,10 @@ def _render_table(table: pa.Table) -> str:
     t = Table(show_header=True, header_style="bold")
     for name in table.column_names:
         t.add_column(name)
-    for row in table.to_pylist():
+    columns = [c.to_pylist() for c in table.columns]  # by position: names may repeat
+    for row in zip(*columns, strict=True):
         t.add_row(
-            *(
-                "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
-                for v in row.values()
-            )
+            *("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row)
         )
     buf = io.StringIO()
     Console(file=buf, width=max(80, min(250, 16 * max(1, table.num_columns)))).print(t)

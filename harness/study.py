@@ -1,0 +1,358 @@
+"""The main job (`harness run SPEC`): the whole NC-transfer study, end to end and resumable.
+
+Stages: pre-training grid (submit, wait) → NC per layer on source (during pre-training) and on
+every downstream dataset → fine-tuning sweep → transferability scores → correlations → report
+opening with the study's three findings. Every stage asks the store what is already done and
+does only the rest, so a second run recomputes nothing and an interrupted run, started again,
+ends with the same tables.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import store
+from harness.errors import HarnessError
+
+Echo = Callable[[str], None]
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM behaves like Ctrl-C: stages unwind through their cleanup (cancel local jobs)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def study_run_ids(spec: Any) -> list[str]:
+    return [cfg.run_id() for cfg in spec.pretrain_spec().runs()]
+
+
+def _checkpoints(spec: Any, root: Path) -> list[dict[str, Any]]:
+    """The study's finished pre-training runs: run_id, arch, dataset, checkpoint."""
+    ids = study_run_ids(spec)
+    if not store.parts("pretrain", root):
+        return []
+    con = store.connect(root)
+    try:
+        cur = con.execute(
+            "SELECT run_id, any_value(arch), any_value(dataset), any_value(checkpoint) "
+            "FROM pretrain WHERE run_id IN (SELECT unnest(?)) GROUP BY run_id ORDER BY run_id",
+            [ids],
+        )
+        return [dict(run_id=r[0], arch=r[1], dataset=r[2], checkpoint=r[3]) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def stage_pretrain(spec: Any, root: Path, executor: str, echo: Echo) -> None:
+    from harness import pretrain
+
+    sub = spec.pretrain_spec()
+    jobs = pretrain.submit(
+        sub, executor, root=root, wait=False, echo=echo, cancel_on_interrupt=True
+    )
+    if jobs and executor == "slurm":
+        wait_live(root, study_run_ids(spec), echo)
+
+
+def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -> None:
+    """Live table of the study's runs by state until none is pending/running/requeued."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from harness import query
+
+    def snapshot() -> dict[str, int]:
+        states = {r["run_id"]: r["status"] for r in query.run_states(root)}
+        counts: dict[str, int] = {}
+        for rid in run_ids:
+            s = states.get(rid, "submitted")
+            counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    def table(counts: dict[str, int]) -> Table:
+        t = Table(title="pre-training runs")
+        for k in counts:
+            t.add_column(k)
+        t.add_row(*(str(v) for v in counts.values()))
+        return t
+
+    counts = snapshot()
+    with Live(table(counts), refresh_per_second=1, transient=False) as live:
+        while any(counts.get(s, 0) for s in ("pending", "running", "requeued", "submitted")):
+            time.sleep(poll_s)
+            counts = snapshot()
+            live.update(table(counts))
+    if counts.get("failed"):
+        raise HarnessError(f"{counts['failed']} pre-training runs failed (see `harness status`)", 1)
+
+
+def stage_measure(spec: Any, root: Path, echo: Echo) -> None:
+    """Per-layer NC of every checkpoint on every downstream dataset (source NC comes with
+    pre-training)."""
+    from harness.measure import MeasureSpec, measure
+
+    todo = [(ck, ds) for ck in _checkpoints(spec, root) for ds in spec.downstream]
+    new = 0
+    for ck, ds in todo:
+        res = measure(
+            MeasureSpec(
+                dataset=ds,
+                checkpoint=ck["checkpoint"],
+                split=spec.measure.split,
+                limit=spec.measure.limit,
+                layers=spec.measure.layers,
+                batch_size=spec.measure.batch_size,
+            ),
+            root=root,
+        )
+        new += bool(res)
+    echo(f"downstream NC: {len(todo)} checkpoint x dataset pairs, {new} measured now")
+
+
+def stage_sweep(spec: Any, root: Path, echo: Echo, address: str | None) -> None:
+    from harness import sweep
+
+    if not _checkpoints(spec, root):
+        raise HarnessError("no finished pre-training run to fine-tune", code=1)
+    counts = sweep.run(spec.sweep_spec(), root=root, address=address, echo=echo)
+    if counts["failed"]:
+        echo(f"fine-tuning: {counts['failed']} trials failed (recorded in finetune)")
+
+
+def stage_scores(spec: Any, root: Path, echo: Echo) -> None:
+    """Transferability scores (LogME, LEEP, NCTI parts, NC metrics) of each checkpoint's
+    penultimate features on each downstream dataset."""
+    import numpy as np
+    import torch
+
+    from harness import analysis, data, models
+
+    done: set[tuple[str, str]] = set()
+    if store.parts("scores", root):
+        con = store.connect(root)
+        done = {
+            (r[0], r[1])
+            for r in con.execute(
+                "SELECT DISTINCT run_id, dataset FROM scores WHERE layer IS NULL"
+            ).fetchall()
+        }
+        con.close()
+    new = 0
+    for ck in _checkpoints(spec, root):
+        for ds_name in spec.downstream:
+            if (ck["run_id"], ds_name) in done:
+                continue
+            model, _ = models.load_checkpoint(ck["checkpoint"])
+            model.eval()
+            ds = data.load(ds_name, "train", limit=spec.scores.limit, seed=0)
+            feats, probs, labels = [], [], []
+            loader = torch.utils.data.DataLoader(ds, batch_size=256)
+            with torch.no_grad():
+                for x, y in loader:
+                    pre = (
+                        model.features(x)
+                        if isinstance(model, models.PretrainNet)
+                        else model.forward_head(model.forward_features(x), pre_logits=True)
+                    )
+                    feats.append(pre.double().numpy())
+                    probs.append(torch.softmax(model(x).double(), 1).numpy())
+                    labels.append(y.numpy())
+            rows = analysis.score_rows(
+                np.concatenate(feats),
+                np.concatenate(labels),
+                np.concatenate(probs),
+                run_id=ck["run_id"],
+                dataset=ds_name,
+                checkpoint=ck["checkpoint"],
+                arch=ck["arch"],
+            )
+            analysis.write_scores(rows, root)
+            new += 1
+    echo(f"scores: {new} checkpoint x dataset pairs scored now")
+
+
+# ---------------------------------------------------------------------------------------------
+# Findings
+
+
+def _verdict(rho: float, lo: float, hi: float, expected_sign: int) -> str:
+    if any(math.isnan(v) for v in (rho, lo, hi)):
+        return "too few points to say"
+    if lo <= 0 <= hi:
+        return "inconclusive at this scale (the interval includes 0)"
+    agrees = (rho > 0) == (expected_sign > 0)
+    return "agrees with the paper" if agrees else "disagrees with the paper"
+
+
+def _corr_line(
+    root: Path,
+    x: str,
+    y: str,
+    *,
+    by=(),
+    level=None,
+    where=None,
+    expected: int,
+    what: str,
+    n_boot: int,
+    seed: int,
+) -> list[str]:
+    from harness import analysis
+
+    try:
+        c = analysis.correlate(
+            x, y, by=by, level=level, where=where, root=root, n_boot=n_boot, seed=seed
+        )
+    except HarnessError as e:
+        return [f"{what}: not measurable yet ({e})"]
+    out = []
+    for r in c.rows:
+        rho, lo, hi = (
+            r.get("spearman", math.nan),
+            r.get("spearman_lo", math.nan),
+            r.get("spearman_hi", math.nan),
+        )
+        rho, lo, hi = (math.nan if v is None else float(v) for v in (rho, lo, hi))
+        label = r["group"] if r.get("pooling", "group") == "group" else f"pooled ({r['pooling']})"
+        out.append(
+            f"{what} [{label}, n={r['n']}]: Spearman ρ = {rho:.2f} "
+            f"(95% CI {lo:.2f} to {hi:.2f}) — {_verdict(rho, lo, hi, expected)}"
+        )
+    return out
+
+
+def findings(root: Path, n_boot: int = 1000, seed: int = 0) -> list[str]:
+    """The study's three findings as measured, each with intervals and a plain verdict."""
+    lines = []
+    lines += _corr_line(
+        root,
+        "source_nc1",
+        "acc_linear_probe",
+        by=["arch"],
+        expected=+1,
+        n_boot=n_boot,
+        seed=seed,
+        what="1. Source NC1 vs transfer (linear-probe) accuracy — the paper: less source "
+        "collapse (higher NC1) transfers better",
+    )
+    lines += _corr_line(
+        root,
+        "down_nc1",
+        "acc_linear_probe",
+        expected=-1,
+        n_boot=n_boot,
+        seed=seed,
+        what="2a. Downstream NC1 vs accuracy across models — the paper: more downstream "
+        "collapse (lower NC1) transfers better",
+    )
+    lines += _corr_line(
+        root,
+        "down_nc1",
+        "acc_scl",
+        level="layer",
+        expected=-1,
+        n_boot=n_boot,
+        seed=seed,
+        what="2b. Downstream NC1 vs SCL accuracy across layers",
+    )
+    lines += _methods_finding(root)
+    return lines
+
+
+def _methods_finding(root: Path) -> list[str]:
+    if not store.parts("finetune", root):
+        return ["3. SCL / Layer FT vs full FT: no fine-tuning results yet"]
+    con = store.connect(root)
+    try:
+        rows = con.execute(
+            "SELECT method, per_class, avg(test_acc), avg(trainable_params), count(*) "
+            "FROM finetune WHERE status = 'done' GROUP BY 1, 2 ORDER BY 2, 1"
+        ).fetchall()
+    finally:
+        con.close()
+    by = {(m, b): (a, p, n) for m, b, a, p, n in rows}
+    out = []
+    for b in sorted({b for _, b in by}, key=lambda v: (v is None, v)):
+        full = by.get(("full", b))
+        if not full:
+            continue
+        parts = []
+        for m in ("scl", "layer", "linear_probe"):
+            if (m, b) in by:
+                a, p, _ = by[(m, b)]
+                parts.append(
+                    f"{m} {a:.3f} ({p / full[1]:.0%} of full's trainable parameters, "
+                    f"{a - full[0]:+.3f} vs full)"
+                )
+        budget = "all samples" if b is None else f"{b} per class"
+        out.append(
+            f"3. Fine-tuning at {budget}: full {full[0]:.3f}; "
+            + "; ".join(parts)
+            + " — the paper: SCL/Layer FT match full FT with far fewer parameters, "
+            "especially at small budgets"
+        )
+    return out or ["3. SCL / Layer FT vs full FT: no comparable trials yet"]
+
+
+def stage_report(spec: Any, root: Path, echo: Echo) -> dict[str, Any]:
+    from harness import analysis
+
+    lines = findings(root, n_boot=spec.report.bootstrap, seed=spec.report.seed)
+    out = Path(spec.report.out or f"reports/{spec.name}")
+    paths = analysis.write_report(
+        root, out, findings=lines, n_boot=spec.report.bootstrap, seed=spec.report.seed
+    )
+    echo(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")
+    for ln in lines:
+        echo(f"  {ln}")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(
+    spec: Any,
+    *,
+    root=None,
+    executor: str | None = None,
+    address: str | None = None,
+    echo: Echo = print,
+) -> dict[str, Any]:
+    """`harness run`: every stage in order; each skips what the store says is done."""
+    from harness import launch
+
+    base = store.results_root(root).resolve()
+    requested = executor or (None if spec.executor == "auto" else spec.executor)
+    kind, why = launch.choose_executor(requested)
+    echo(f"harness run {spec.name}: executor {kind} ({why}); results {base}")
+    _sigterm_as_interrupt()
+    t0 = time.perf_counter()
+    stages = [
+        ("pre-training", lambda: stage_pretrain(spec, base, kind, echo)),
+        ("downstream NC", lambda: stage_measure(spec, base, echo)),
+        ("fine-tuning sweep", lambda: stage_sweep(spec, base, echo, address)),
+        ("transferability scores", lambda: stage_scores(spec, base, echo)),
+    ]
+    for i, (name, fn) in enumerate(stages, 1):
+        echo(f"[{i}/5] {name}")
+        fn()
+    echo("[5/5] correlations and report")
+    paths = stage_report(spec, base, echo)
+    echo(f"done in {time.perf_counter() - t0:.0f} s")
+    os.environ.pop("HARNESS_THREADS", None)
+    return paths

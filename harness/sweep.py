@@ -1,0 +1,386 @@
+"""Fine-tuning sweeps on Ray Tune (`harness sweep`).
+
+A sweep is checkpoints × the spec's grid (method, layer, budget, lr, epochs, ...). Every trial has
+an id (hash of its full config); the store is the source of truth: trials with a row in
+`finetune` are never run again, each finished trial writes its row at once (one atomic Parquet
+part, from the trial's own process), and a trial that raises or hits a NaN loss is recorded as
+``failed`` with its reason while the others go on. The Ray experiment folder lives under
+``<results>/ray/<name>-<hash of the pending trial set>``: re-running an interrupted sweep with the
+same pending trials restores it (``Tuner.restore``, errored trials restarted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from harness import store
+from harness.errors import HarnessError
+
+AUTO = "auto"
+LAYER_METHODS = ("layer", "scl")
+
+
+def trial_id(trial: dict[str, Any]) -> str:
+    return store.run_id({"kind": "finetune", **trial})
+
+
+def select_checkpoints(spec: Any, root: str | os.PathLike | None) -> list[dict[str, Any]]:
+    """[{checkpoint, run_id, arch}] from the spec's query over the store and/or paths."""
+    from harness import models
+
+    out: dict[str, dict[str, Any]] = {}
+    if spec.checkpoints.query:
+        from harness import query
+
+        table = query.execute(spec.checkpoints.query, root)
+        if "checkpoint" not in table.column_names:
+            raise HarnessError(
+                f"checkpoints.query must return a 'checkpoint' column; got {', '.join(table.column_names)}"
+            )
+        for row in table.to_pylist():
+            out.setdefault(row["checkpoint"], {})
+    for p in spec.checkpoints.paths:
+        out.setdefault(str(p), {})
+    if not out:
+        raise HarnessError("no checkpoints selected (the query returned no rows)", code=1)
+    rows = []
+    for path in out:
+        info = models.read_checkpoint(path)  # clear error for a missing or bad file
+        meta = info.get("meta", {})
+        rows.append(dict(checkpoint=path, run_id=meta.get("run_id"), arch=info["arch"]))
+    return rows
+
+
+def _downstream_nc1(checkpoint: str, dataset: str, root, limit: int = 2000) -> dict[str, float]:
+    """nc1 (pinv) of every layer of the *pre-trained* checkpoint on the downstream train split,
+    from the `nc` table; measured now (and stored) when missing."""
+    from harness import query
+    from harness.measure import MeasureSpec, measure
+
+    sql = (
+        "SELECT layer, value FROM nc WHERE checkpoint = '{c}' AND dataset = '{d}' "
+        "AND split = 'train' AND metric = 'nc1' AND variant = 'pinv'"
+    ).format(c=checkpoint.replace("'", "''"), d=dataset.replace("'", "''"))
+    if store.parts("nc", root):
+        rows = query.execute(sql, root).to_pylist()
+        if rows:
+            return {r["layer"]: r["value"] for r in rows}
+    measure(
+        MeasureSpec(dataset=dataset, checkpoint=checkpoint, split="train", limit=limit), root=root
+    )
+    return {r["layer"]: r["value"] for r in query.execute(sql, root).to_pylist()}
+
+
+def auto_layer(checkpoint: str, dataset: str, root) -> tuple[str, str]:
+    """(layer, why): the intermediate block whose pre-trained features collapse most on the
+    downstream data (lowest downstream NC1), excluding the stem and the penultimate output."""
+    from harness import models
+
+    model, _ = models.load_checkpoint(checkpoint)
+    blocks = [ly.name for ly in models.model_layers(model) if ly.kind == "feature"][1:]
+    nc1 = _downstream_nc1(checkpoint, dataset, root)
+    ranked = sorted((nc1[b], b) for b in blocks if b in nc1)
+    if not ranked:
+        raise HarnessError(f"layer auto: no downstream NC1 for {checkpoint} on {dataset}")
+    value, best = ranked[0]
+    order = ", ".join(f"{b}={v:.3g}" for v, b in ranked)
+    return best, f"auto: lowest downstream nc1 on {dataset} ({order})"
+
+
+def expand(spec: Any, root) -> list[dict[str, Any]]:
+    """Every trial of the sweep as a TrialConfig field dict (+ run_id/arch/layer_choice), with
+    `layer: auto` resolved and every trial validated before anything starts."""
+    from harness import data, finetune, models
+
+    ckpts = select_checkpoints(spec, root)
+    names = {f.name for f in fields(finetune.TrialConfig)}
+    trials: dict[str, dict[str, Any]] = {}
+    autos: dict[tuple[str, str], tuple[str, str]] = {}
+    model_cache: dict[str, Any] = {}
+    for ck in ckpts:
+        for point in spec.points():
+            unknown = sorted(set(point) - names)
+            if unknown:
+                raise HarnessError(
+                    f"{spec.name}: unknown trial field {unknown[0]!r}; valid: {', '.join(sorted(names))}"
+                )
+            t = dict(point, checkpoint=ck["checkpoint"])
+            choice = None
+            if t.get("method") not in LAYER_METHODS:
+                t["layer"] = None
+            elif t.get("layer") == AUTO:
+                key = (ck["checkpoint"], t["dataset"])
+                if key not in autos:
+                    autos[key] = auto_layer(ck["checkpoint"], t["dataset"], root)
+                t["layer"], choice = autos[key]
+            cfg = finetune.TrialConfig(**t)
+            if ck["checkpoint"] not in model_cache:
+                model_cache[ck["checkpoint"]] = models.load_checkpoint(ck["checkpoint"])[0]
+            data.info(cfg.dataset, root=cfg.data_root, **cfg.data_kwargs)
+            cfg.validate(model_cache[ck["checkpoint"]])
+            tid = trial_id(asdict(cfg))
+            trials.setdefault(
+                tid,
+                dict(
+                    trial=asdict(cfg),
+                    trial_id=tid,
+                    run_id=ck["run_id"],
+                    arch=ck["arch"],
+                    layer_choice=choice,
+                ),
+            )
+    return list(trials.values())
+
+
+def done_trials(root) -> set[str]:
+    """Trial ids that already have a `finetune` row (done or failed with a recorded reason)."""
+    if not store.parts("finetune", root):
+        return set()
+    con = store.connect(root)
+    try:
+        return {r[0] for r in con.execute("SELECT DISTINCT trial_id FROM finetune").fetchall()}
+    finally:
+        con.close()
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """One trial, inside a Ray worker: run it, write its rows, report to Tune."""
+    import ray
+    from ray import tune
+
+    from harness import finetune
+
+    root = config["root"]
+    meta = config["t"]["meta"]
+    tid = meta["trial_id"]
+    if tid in done_trials(root):  # a restored experiment re-offering a recorded trial
+        tune.report({"val_acc": float("nan"), "skipped": 1})
+        return
+    trial = config["t"]["trial"]
+    prov = store.Provenance.collect({"kind": "finetune", **trial}, "finetune")
+    node = ray.get_runtime_context().get_node_id()
+    base = dict(
+        trial_id=tid,
+        run_id=meta["run_id"],
+        checkpoint=trial["checkpoint"],
+        arch=meta["arch"],
+        dataset=trial["dataset"],
+        method=trial["method"],
+        layer=trial["layer"],
+        per_class=trial["per_class"],
+        epochs=trial["epochs"],
+        lr=trial["lr"],
+        weight_decay=trial["weight_decay"],
+        seed=trial["seed"],
+        layer_choice=meta["layer_choice"],
+        node=node,
+    )
+    t0 = time.perf_counter()
+    try:
+        row = finetune.run_trial(
+            finetune.TrialConfig(**trial), report=lambda **m: tune.report(dict(m))
+        )
+    except Exception as e:
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        store.append(
+            "finetune",
+            [dict(base, status="failed", error=reason, wall_s=time.perf_counter() - t0)],
+            root,
+        )
+        store.record_run(prov, "failed", root, error=reason)
+        raise
+    nc = row.pop("nc", {}) or {}
+    if nc:
+        store.append("nc", _nc_rows_after(trial, tid, meta["arch"], nc), root)
+    store.append(
+        "finetune",
+        [
+            dict(
+                base,
+                **{
+                    k: v
+                    for k, v in row.items()
+                    if k in store.SCHEMAS["finetune"].names and k not in base
+                },
+                status="done",
+            )
+        ],
+        root,
+    )
+    store.record_run(prov, "done", root)
+
+
+def _nc_rows_after(
+    trial: dict[str, Any], tid: str, arch: str, nc: dict[str, dict[str, float]]
+) -> list[dict[str, Any]]:
+    """`nc` rows of the fine-tuned features (run_id = trial id) with the layer's registry
+    index and depth fraction from the checkpoint's model."""
+    from harness import data, finetune, models
+    from harness.measure import LayerResult, nc_rows
+
+    model, _ = models.load_checkpoint(trial["checkpoint"])
+    layers = {ly.name: ly for ly in models.model_layers(model)}
+    train = data.load(
+        trial["dataset"],
+        "train",
+        root=trial["data_root"],
+        seed=trial["seed"],
+        per_class=trial["per_class"],
+        **trial["data_kwargs"],
+    )
+    n = min(finetune.NC_MAX_SAMPLES, len(train))
+    results = [
+        LayerResult(name, layers[name].index, layers[name].depth_frac, 0, m)
+        for name, m in nc.items()
+    ]
+    rows = nc_rows(
+        results,
+        n,
+        run_id=tid,
+        checkpoint=trial["checkpoint"],
+        model=arch,
+        dataset=trial["dataset"],
+        split="train",
+        num_classes=train.info.num_classes,
+    )
+    for r in rows:
+        r["dim"] = None
+    return rows
+
+
+def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict[str, int]:
+    """Run the sweep's pending trials on Ray Tune; return counts (pending, ran, failed, skipped)."""
+    base = store.results_root(root).resolve()
+    trials = expand(spec, base)
+    done = done_trials(base)
+    pending = [t for t in trials if t["trial_id"] not in done]
+    echo(
+        f"{len(trials)} trials in {spec.name}: {len(pending)} to run, {len(trials) - len(pending)} recorded"
+    )
+    if not pending:
+        return dict(total=len(trials), ran=0, failed=0)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    echo(
+        f"ray: {'cluster at ' + address if address else 'local'}, "
+        f"{int(ray.cluster_resources().get('CPU', 0))} CPUs on {len(ray.nodes())} node(s)"
+    )
+    digest = hashlib.sha256(",".join(sorted(t["trial_id"] for t in pending)).encode()).hexdigest()[
+        :10
+    ]
+    storage = base / "ray"
+    path = storage / f"{spec.name}-{digest}"
+    trainable = tune.with_resources(_trainable, {"cpu": spec.cpus_per_trial})
+    space = {
+        "t": tune.grid_search(
+            [
+                {
+                    "trial": t["trial"],
+                    "meta": {k: t[k] for k in ("trial_id", "run_id", "arch", "layer_choice")},
+                }
+                for t in pending
+            ]
+        ),
+        "root": str(base),
+    }
+    if tune.Tuner.can_restore(str(path)):
+        echo(f"restoring interrupted experiment {path}")
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, restart_errored=True, param_space=space
+        )
+    else:
+        scheduler = None
+        if spec.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(
+                metric="val_acc",
+                mode="max",
+                grace_period=spec.grace_period,
+                reduction_factor=spec.reduction_factor,
+                max_t=max(t["trial"]["epochs"] for t in pending),
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler, max_concurrent_trials=spec.max_concurrent
+            ),
+            run_config=tune.RunConfig(
+                name=path.name,
+                storage_path=str(storage),
+                verbose=0,
+                failure_config=tune.FailureConfig(fail_fast=False),
+            ),
+        )
+    grid = tuner.fit()
+    failed = sum(1 for r in grid if r.error is not None)
+    echo(
+        f"ran {len(grid)} trials: {len(grid) - failed} done, {failed} failed "
+        f"(rows in {base / 'finetune'}; experiment {path})"
+    )
+    return dict(total=len(trials), ran=len(grid), failed=failed)
+
+
+def slurm_script() -> Path:
+    """The sbatch script that runs a sweep on a Ray cluster inside a SLURM allocation."""
+    return Path(__file__).resolve().parents[1] / "slurm" / "ray-sweep.sbatch"
+
+
+def submit_slurm(
+    spec_path: str,
+    overrides: list[str],
+    *,
+    nodes: int,
+    root=None,
+    cpus_per_task: int = 1,
+    time_min: int = 60,
+    partition: str | None = None,
+    wait: bool = False,
+    echo=print,
+) -> int:
+    """`harness sweep --slurm`: sbatch the Ray-on-SLURM script for this spec."""
+    import subprocess
+    import sys
+
+    base = store.results_root(root).resolve()
+    logs = base / "logs" / "sweeps"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "sbatch",
+        "--parsable",
+        f"--nodes={nodes}",
+        f"--cpus-per-task={cpus_per_task}",
+        f"--time={time_min}",
+        f"--output={logs}/%x-%j.out",
+    ]
+    if partition:
+        cmd.append(f"--partition={partition}")
+    if wait:
+        cmd.append("--wait")
+    cmd += [str(slurm_script()), str(Path(spec_path).resolve())]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = dict(os.environ, HARNESS_RESULTS=str(base), HARNESS_PYTHON=sys.executable)
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=str(slurm_script().parents[1])
+    )
+    job = r.stdout.strip().split(";")[0]
+    if job:
+        echo(f"submitted Ray sweep as SLURM job {job}; log {logs}/harness-ray-sweep-{job}.out")
+    if r.returncode != 0:
+        raise HarnessError(f"sbatch failed: {' '.join(r.stderr.split())[:300]}", code=1)
+    return 0

@@ -1,0 +1,167 @@
+"""Fine-tuning sweeps on a real local Ray and on Ray inside a SLURM allocation."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from tests_util import HARNESS
+
+from harness import models, store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    import torch
+
+    torch.manual_seed(0)
+    net = models.build_network("resnet_tiny", 10, 1, 8)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet_tiny.pt"
+    models.save_checkpoint(
+        path,
+        net,
+        arch="resnet_tiny",
+        num_classes=10,
+        in_chans=1,
+        img_size=8,
+        model_kwargs=dict(head_depth=0, head_dim=128),
+        meta=dict(dataset="synthetic"),
+    )
+    return str(path)
+
+
+def spec_file(tmp_path: Path, checkpoint: str, **kw) -> Path:
+    spec = dict(
+        name="t",
+        checkpoints={"paths": [checkpoint]},
+        base=dict(dataset="digits", epochs=2, batch_size=32, nc=True),
+    )
+    spec.update(kw)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def harness(*args, timeout=900):
+    return subprocess.run([HARNESS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def finetune_rows(root) -> list[dict]:
+    con = store.connect(root)
+    cur = con.execute(
+        "SELECT trial_id, method, layer, per_class, lr, status, error, test_acc, "
+        "trainable_params, total_params FROM finetune ORDER BY method"
+    )
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+@pytest.mark.ray
+def test_local_ray_sweep_records_every_trial_once(results, tmp_path, checkpoint):
+    spec = spec_file(
+        tmp_path,
+        checkpoint,
+        grid=dict(method=["linear_probe", "layer", "scl", "full"], layer=["layer3"], per_class=[5]),
+        # two trials made to fail for real: full fine-tuning on batches of one sample (BatchNorm
+        # cannot train on one value per channel) and a diverging learning rate (NaN loss)
+        include=[
+            dict(method="full", per_class=5, batch_size=1),
+            dict(method="layer", layer="layer3", per_class=5, lr=1e30),
+        ],
+    )
+    r = harness("sweep", str(spec))
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]  # some trials failed
+    assert "6 trials in t: 6 to run" in r.stdout
+    assert "4 done, 2 failed" in r.stdout
+    rows = finetune_rows(results)
+    assert len(rows) == 6 and len({row["trial_id"] for row in rows}) == 6
+    done = [row for row in rows if row["status"] == "done"]
+    failed = {row["lr"]: row for row in rows if row["status"] == "failed"}
+    assert len(done) == 4 and len(failed) == 2
+    assert "nan" in failed[1e30]["error"].lower()
+    other = next(row for lr, row in failed.items() if lr != 1e30)
+    assert "Expected more than 1 value per channel" in other["error"]
+    for row in done:
+        assert 0.0 <= row["test_acc"] <= 1.0
+        assert row["trainable_params"] <= row["total_params"]
+    by = {row["method"]: row for row in done}
+    assert by["linear_probe"]["trainable_params"] < by["layer"]["trainable_params"]
+    assert by["scl"]["trainable_params"] < by["full"]["trainable_params"]
+    # downstream NC of the fine-tuned features lands in `nc` under the trial id
+    con = store.connect(results)
+    n_nc = con.execute(
+        "SELECT count(DISTINCT run_id) FROM nc WHERE run_id IN "
+        "(SELECT trial_id FROM finetune WHERE status = 'done')"
+    ).fetchone()[0]
+    assert n_nc == 4
+    # again: nothing runs, nothing is written
+    before = sorted(p.name for p in results.rglob("part-*.parquet"))
+    r = harness("sweep", str(spec))
+    assert r.returncode == 0 and "0 to run, 6 recorded" in r.stdout, r.stdout + r.stderr
+    assert "ray:" not in r.stdout
+    assert sorted(p.name for p in results.rglob("part-*.parquet")) == before
+
+
+@pytest.mark.ray
+def test_layer_auto_picks_lowest_downstream_nc1(results, tmp_path, checkpoint):
+    spec = spec_file(
+        tmp_path,
+        checkpoint,
+        grid=dict(method=["scl"], layer=["auto"], per_class=[5]),
+        base=dict(dataset="digits", epochs=1, batch_size=32, nc=False),
+    )
+    r = harness("sweep", str(spec))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    con = store.connect(results)
+    nc1 = dict(
+        con.execute(
+            "SELECT layer, value FROM nc WHERE checkpoint = ? AND dataset = 'digits' AND "
+            "metric = 'nc1' AND variant = 'pinv' AND layer NOT IN ('act1', 'pre_logits')",
+            [checkpoint],
+        ).fetchall()
+    )
+    layer, why = con.execute("SELECT layer, layer_choice FROM finetune").fetchone()
+    assert layer == min(nc1, key=nc1.get)
+    assert why.startswith("auto: lowest downstream nc1 on digits")
+
+
+@pytest.mark.parametrize(
+    "grid, words",
+    [
+        (dict(method=["finetune_everything"]), "unknown method 'finetune_everything'"),
+        (dict(method=["scl"], layer=["layer9"]), "layer9"),
+        (dict(method=["full"], per_class=[100000]), "per_class"),
+    ],
+)
+def test_bad_sweep_specs_start_nothing(results, tmp_path, checkpoint, grid, words):
+    spec = spec_file(tmp_path, checkpoint, grid=grid)
+    r = harness("sweep", str(spec))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "ray:" not in r.stdout
+    assert not store.parts("finetune", results)
+
+
+@pytest.mark.slurm
+@pytest.mark.ray
+def test_ray_on_slurm_runs_trials_on_both_nodes(slurm_cluster, results, tmp_path, checkpoint):
+    spec = spec_file(
+        tmp_path,
+        checkpoint,
+        grid=dict(method=["linear_probe", "layer"], layer=["layer4"], per_class=[5, 10]),
+        base=dict(dataset="digits", epochs=2, batch_size=32, nc=False),
+    )
+    r = harness("sweep", str(spec), "--slurm", "--nodes", "2", "--wait", "--time", "15")
+    log = next((results / "logs" / "sweeps").glob("*.out"), None)
+    text = log.read_text() if log else ""
+    assert r.returncode == 0, r.stdout + r.stderr + text[-3000:]
+    assert "2 of 2 nodes alive" in text, text[-3000:]
+    con = store.connect(results)
+    n, nodes = con.execute(
+        "SELECT count(*), count(DISTINCT node) FROM finetune WHERE status = 'done'"
+    ).fetchone()
+    assert n == 4 and nodes == 2, text[-3000:]
