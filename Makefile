@@ -28,10 +28,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job on the local default executor (results under ./results, logs under ./logs).
 main: setup
-	$(VENV)/bin/harness measure --model resnet_tiny --dataset fashion_mnist --split test --ncc
-	$(VENV)/bin/harness query "SELECT layer, metric, variant, round(value, 4) AS value, n \
-	  FROM nc WHERE model = 'resnet_tiny' AND dataset = 'fashion_mnist' \
-	  AND metric IN ('nc1', 'ncc_acc') ORDER BY layer_index, metric, variant"
+	$(VENV)/bin/harness run benchmarks/quick.yaml
 
 # Tests against the real local SLURM cluster (started if not up) and a real local Ray.
 test: setup setup-slurm

@@ -430,7 +430,37 @@ class SweepSpec(_Spec):
                     )
             elif not isinstance(values, list) or not values:
                 raise _SpecError(("grid", key), f"must be a non-empty list (got {values!r})")
+        self._check_points()
         return self
+
+    def _check_points(self) -> None:
+        """Every trial names a known method and dataset and only trial fields (the model-
+        dependent checks, layers and budgets, run when the checkpoints are known)."""
+        from dataclasses import fields as dc_fields
+
+        from harness import data, finetune
+
+        names = {f.name for f in dc_fields(finetune.TrialConfig)} - {"checkpoint"}
+        for key in [*self.base, *self.grid, *(k for extra in self.include for k in extra)]:
+            if key not in names:
+                raise _SpecError(
+                    ("grid", key) if key in self.grid else ("base", key),
+                    f"not a trial field; valid: {_choices(names)}",
+                )
+        for point in self.points():
+            for key in ("dataset", "method"):
+                if key not in point:
+                    raise _SpecError(("base", key), "required (in base, grid or include)")
+            where = ("grid", "method") if "method" in self.grid else ("base", "method")
+            if point["method"] not in finetune.METHODS:
+                raise _SpecError(
+                    where,
+                    f"unknown method {point['method']!r}; valid: {_choices(finetune.METHODS)}",
+                )
+            ds = point["dataset"]
+            if ds not in data.names() and not str(ds).startswith("imagefolder:"):
+                where = ("grid", "dataset") if "dataset" in self.grid else ("base", "dataset")
+                raise _SpecError(where, f"unknown dataset {ds!r}; valid: {_choices(data.names())}")
 
     def points(self) -> list[dict[str, Any]]:
         """Trial field dicts (without the checkpoint): grid product, random draws for

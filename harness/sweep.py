@@ -123,7 +123,9 @@ def expand(spec: Any, root) -> list[dict[str, Any]]:
                 model_cache[ck["checkpoint"]] = models.load_checkpoint(ck["checkpoint"])[0]
             data.info(cfg.dataset, root=cfg.data_root, **cfg.data_kwargs)
             cfg.validate(model_cache[ck["checkpoint"]])
-            tid = trial_id(asdict(cfg))
+            # the checkpoint enters the id as its pre-training run when known: results that move
+            # with their store keep their ids
+            tid = trial_id({**asdict(cfg), "checkpoint": ck["run_id"] or cfg.checkpoint})
             trials.setdefault(
                 tid,
                 dict(
@@ -274,6 +276,7 @@ def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    _keep_sigterm_as_interrupt()
     echo(
         f"ray: {'cluster at ' + address if address else 'local'}, "
         f"{int(ray.cluster_resources().get('CPU', 0))} CPUs on {len(ray.nodes())} node(s)"
@@ -316,8 +319,9 @@ def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict
         tuner = tune.Tuner(
             trainable,
             param_space=space,
+            # reuse_actors: a worker keeps torch/timm imported and its activation cache warm
             tune_config=tune.TuneConfig(
-                scheduler=scheduler, max_concurrent_trials=spec.max_concurrent
+                scheduler=scheduler, reuse_actors=True, max_concurrent_trials=spec.max_concurrent
             ),
             run_config=tune.RunConfig(
                 name=path.name,
@@ -333,6 +337,17 @@ def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict
         f"(rows in {base / 'finetune'}; experiment {path})"
     )
     return dict(total=len(trials), ran=len(grid), failed=failed)
+
+
+def _keep_sigterm_as_interrupt() -> None:
+    """ray.init installs a SIGTERM handler that aborts the driver; turn SIGTERM back into a
+    KeyboardInterrupt so Tune saves its experiment state and stops trials cleanly."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def slurm_script() -> Path:
