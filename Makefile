@@ -42,3 +42,4 @@ lint:
 bench: setup
 	$(PY) benchmarks/bench_cli.py
 	$(PY) benchmarks/bench_nc.py
+	$(PY) benchmarks/bench_finetune.py

@@ -8,6 +8,8 @@
 -- * An NC row is on the *source* side when its dataset is the run's pre-training dataset, else on
 --   the *downstream* side. A row written by `harness measure --checkpoint` carries its own run id;
 --   it is attributed to the pre-training run whose checkpoint it measured.
+-- * NC rows written by fine-tuning trials (run_id = trial id: the fine-tuned features) are left
+--   out; the analyses relate *pre-trained* features to transfer.
 -- * The penultimate layer is the largest layer_index measured for a run, dataset and split.
 -- * Fine-tuning: done trials only; seeds are averaged per configuration (method, layer, budget,
 --   epochs, lr, weight decay); the configuration with the best mean validation accuracy (ties:
@@ -40,6 +42,8 @@ nc_named AS (  -- NC values under one name per metric/variant, with their side
     FROM nc n
     LEFT JOIN pretrain_one pr ON pr.run_id = n.run_id
     LEFT JOIN pretrain_one pc ON pr.run_id IS NULL AND pc.checkpoint = n.checkpoint
+    -- pre-trained features only: rows under a fine-tuning trial id describe fine-tuned features
+    WHERE n.run_id NOT IN (SELECT trial_id FROM finetune)
     GROUP BY ALL
 ),
 nc_pen AS (  -- the penultimate layer of each run, dataset and split

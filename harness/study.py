@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,12 +91,28 @@ def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -
         t.add_row(*(str(v) for v in counts.values()))
         return t
 
+    def active(c: dict[str, int]) -> bool:
+        return any(c.get(s, 0) for s in ("pending", "running", "requeued", "submitted"))
+
+    def line(c: dict[str, int]) -> str:
+        return "pre-training runs: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+
     counts = snapshot()
-    with Live(table(counts), refresh_per_second=1, transient=False) as live:
-        while any(counts.get(s, 0) for s in ("pending", "running", "requeued", "submitted")):
+    if sys.stdout.isatty():
+        with Live(table(counts), refresh_per_second=1, transient=True) as live:
+            while active(counts):
+                time.sleep(poll_s)
+                counts = snapshot()
+                live.update(table(counts))
+    else:  # logs and pipes: one line per change
+        echo(line(counts))
+        while active(counts):
             time.sleep(poll_s)
-            counts = snapshot()
-            live.update(table(counts))
+            new = snapshot()
+            if new != counts:
+                echo(line(new))
+            counts = new
+    echo(line(counts))
     if counts.get("failed"):
         raise HarnessError(f"{counts['failed']} pre-training runs failed (see `harness status`)", 1)
 
@@ -210,6 +227,7 @@ def _corr_line(
     what: str,
     n_boot: int,
     seed: int,
+    poolings: tuple[str, ...] | None = None,
 ) -> list[str]:
     from harness import analysis
 
@@ -221,6 +239,8 @@ def _corr_line(
         return [f"{what}: not measurable yet ({e})"]
     out = []
     for r in c.rows:
+        if poolings is not None and r.get("pooling", "group") not in poolings:
+            continue
         rho, lo, hi = (
             r.get("spearman", math.nan),
             r.get("spearman_lo", math.nan),
@@ -232,7 +252,7 @@ def _corr_line(
             f"{what} [{label}, n={r['n']}]: Spearman ρ = {rho:.2f} "
             f"(95% CI {lo:.2f} to {hi:.2f}) — {_verdict(rho, lo, hi, expected)}"
         )
-    return out
+    return out or [f"{what}: not measurable yet (too few points)"]
 
 
 def findings(root: Path, n_boot: int = 1000, seed: int = 0) -> list[str]:
@@ -264,10 +284,13 @@ def findings(root: Path, n_boot: int = 1000, seed: int = 0) -> list[str]:
         "down_nc1",
         "acc_scl",
         level="layer",
+        by=["run_id", "dataset"],
         expected=-1,
         n_boot=n_boot,
         seed=seed,
-        what="2b. Downstream NC1 vs SCL accuracy across layers",
+        poolings=("fixed_effect",),
+        what="2b. Downstream NC1 vs SCL accuracy across the layers of each model (model and "
+        "dataset as fixed effects)",
     )
     lines += _methods_finding(root)
     return lines
@@ -280,7 +303,8 @@ def _methods_finding(root: Path) -> list[str]:
     try:
         rows = con.execute(
             "SELECT method, per_class, avg(test_acc), avg(trainable_params), count(*) "
-            "FROM finetune WHERE status = 'done' GROUP BY 1, 2 ORDER BY 2, 1"
+            "FROM finetune WHERE status = 'done' "
+            "AND (layer_choice IS NULL OR layer_choice LIKE 'auto%') GROUP BY 1, 2 ORDER BY 2, 1"
         ).fetchall()
     finally:
         con.close()
@@ -299,11 +323,16 @@ def _methods_finding(root: Path) -> list[str]:
                     f"{a - full[0]:+.3f} vs full)"
                 )
         budget = "all samples" if b is None else f"{b} per class"
+        verdict = "no SCL trials at this budget"
+        if ("scl", b) in by:
+            gap = by[("scl", b)][0] - full[0]
+            verdict = (
+                "agrees with the paper (SCL within 0.02 of full FT, or better)"
+                if gap >= -0.02
+                else f"disagrees with the paper at this budget (SCL {gap:+.3f} vs full FT)"
+            )
         out.append(
-            f"3. Fine-tuning at {budget}: full {full[0]:.3f}; "
-            + "; ".join(parts)
-            + " — the paper: SCL/Layer FT match full FT with far fewer parameters, "
-            "especially at small budgets"
+            f"3. Fine-tuning at {budget}: full {full[0]:.3f}; " + "; ".join(parts) + f" — {verdict}"
         )
     return out or ["3. SCL / Layer FT vs full FT: no comparable trials yet"]
 

@@ -62,9 +62,13 @@ def _downstream_nc1(checkpoint: str, dataset: str, root, limit: int = 2000) -> d
     from harness import query
     from harness.measure import MeasureSpec, measure
 
+    # measurements of the pre-trained checkpoint only (fine-tuning trials also write NC rows for
+    # their fine-tuned features); the largest measurement wins, ties by run id: deterministic
     sql = (
         "SELECT layer, value FROM nc WHERE checkpoint = '{c}' AND dataset = '{d}' "
-        "AND split = 'train' AND metric = 'nc1' AND variant = 'pinv'"
+        "AND split = 'train' AND metric = 'nc1' AND variant = 'pinv' "
+        "AND run_id IN (SELECT run_id FROM runs WHERE kind = 'measure' AND status = 'done') "
+        "QUALIFY row_number() OVER (PARTITION BY layer ORDER BY n DESC, run_id) = 1"
     ).format(c=checkpoint.replace("'", "''"), d=dataset.replace("'", "''"))
     if store.parts("nc", root):
         rows = query.execute(sql, root).to_pylist()
@@ -118,9 +122,16 @@ def expand(spec: Any, root) -> list[dict[str, Any]]:
                 if key not in autos:
                     autos[key] = auto_layer(ck["checkpoint"], t["dataset"], root)
                 t["layer"], choice = autos[key]
-            cfg = finetune.TrialConfig(**t)
             if ck["checkpoint"] not in model_cache:
                 model_cache[ck["checkpoint"]] = models.load_checkpoint(ck["checkpoint"])[0]
+            if t.get("method") in LAYER_METHODS and str(t.get("layer")).lstrip("-").isdigit():
+                # a layer index fits every architecture: resolve it to this model's block name
+                (ly,) = models.select_layers(model_cache[ck["checkpoint"]], str(t["layer"]))
+                t["layer"], choice = ly.name, f"index {t['layer']}"
+            try:
+                cfg = finetune.TrialConfig(**t)
+            except TypeError as e:
+                raise HarnessError(f"{spec.name}: bad trial {t}: {e}") from None
             data.info(cfg.dataset, root=cfg.data_root, **cfg.data_kwargs)
             cfg.validate(model_cache[ck["checkpoint"]])
             # the checkpoint enters the id as its pre-training run when known: results that move
@@ -268,14 +279,28 @@ def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict
         return dict(total=len(trials), ran=0, failed=0)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own one-line summaries instead
+    import logging
+
     import ray
     from ray import tune
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     _keep_sigterm_as_interrupt()
     echo(
         f"ray: {'cluster at ' + address if address else 'local'}, "

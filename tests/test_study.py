@@ -95,7 +95,7 @@ def test_reduced_study_on_slurm_then_rerun_adds_nothing(slurm_cluster, results, 
     for finding in (
         "1. Source NC1 vs transfer",
         "2a. Downstream NC1 vs accuracy across models",
-        "2b. Downstream NC1 vs SCL accuracy across layers",
+        "2b. Downstream NC1 vs SCL accuracy across the layers",
         "3. Fine-tuning at 5 per class",
     ):
         assert finding in report, report[:3000]
