@@ -89,7 +89,7 @@ def test_reduced_study_on_slurm_then_rerun_adds_nothing(slurm_cluster, results, 
     ).fetchone()[0]
     assert jobs == 3  # pre-training ran as SLURM jobs
     assert len(t["finetune"]) == 3 * 4 and all(row[3] == "done" for row in t["finetune"])
-    assert {row[1] for row in t["nc"]} == {"fashion_mnist", "mnist5k"}  # source + downstream NC
+    assert {row[0] for row in t["nc"]} == {"fashion_mnist", "mnist5k"}  # source + downstream NC
     assert {row[2] for row in t["scores"]} >= {"logme", "leep", "ncti"}
     report = (out / "report.md").read_text()
     for finding in (
