@@ -337,15 +337,35 @@ def _methods_finding(root: Path) -> list[str]:
     return out or ["3. SCL / Layer FT vs full FT: no comparable trials yet"]
 
 
+def _store_fingerprint(root: Path, spec: Any) -> str:
+    """What the report depends on: the set of committed parts and the report settings."""
+    import hashlib
+
+    names = sorted(str(p.relative_to(root)) for t in store.TABLES for p in store.parts(t, root))
+    names.append(spec.report.model_dump_json())
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
 def stage_report(spec: Any, root: Path, echo: Echo) -> dict[str, Any]:
+    """Findings, correlations and the report; skipped when the store has not changed since the
+    report in ``out`` was written (its fingerprint is kept next to it)."""
     from harness import analysis
 
-    lines = findings(root, n_boot=spec.report.bootstrap, seed=spec.report.seed)
     out = Path(spec.report.out or f"reports/{spec.name}")
-    paths = analysis.write_report(
-        root, out, findings=lines, n_boot=spec.report.bootstrap, seed=spec.report.seed
-    )
-    echo(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")
+    stamp, saved = out / ".fingerprint", out / "findings.txt"
+    fp = _store_fingerprint(root, spec)
+    if stamp.exists() and saved.exists() and stamp.read_text() == fp:
+        lines = saved.read_text().splitlines()
+        paths = {"markdown": out / "report.md", "html": out / "report.html", "figures": []}
+        echo(f"report: up to date ({paths['markdown']}; the store has not changed)")
+    else:
+        lines = findings(root, n_boot=spec.report.bootstrap, seed=spec.report.seed)
+        paths = analysis.write_report(
+            root, out, findings=lines, n_boot=spec.report.bootstrap, seed=spec.report.seed
+        )
+        saved.write_text("\n".join(lines) + "\n")
+        stamp.write_text(fp)
+        echo(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")
     for ln in lines:
         echo(f"  {ln}")
     return paths
