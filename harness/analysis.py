@@ -36,6 +36,7 @@ import scipy.stats
 
 from harness import store
 from harness.errors import HarnessError
+from harness.fileio import atomic_write_text
 
 ANALYSIS_DIR = Path(__file__).resolve().parents[1] / "analysis"
 MIN_POINTS = 3  # fewer points per group: correlations are reported as missing
@@ -1523,9 +1524,7 @@ def render_html(sections: Sequence[Section], header: str = "") -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 DEFAULT_REPORT_DIR = Path("reports") / "latest"

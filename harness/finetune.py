@@ -42,6 +42,7 @@ from torch import nn
 from harness import data, models
 from harness.errors import HarnessError
 from harness.nc import nc_metrics
+from harness.schedule import cosine_lr
 
 CACHE_MB_ENV = "HARNESS_CACHE_MB"
 CACHE_DIR_ENV = "HARNESS_CACHE"
@@ -580,11 +581,6 @@ def _cache_key(cfg: TrialConfig, split: str, per_class: int | None, stage: str) 
     return (*ckpt, cfg.dataset, cfg.data_root, opts, split, per_class, cfg.seed, stage)
 
 
-def _epoch_lr(base: float, epoch: int, epochs: int) -> float:
-    """Cosine schedule over epochs (0-based ``epoch``), from ``base`` towards 0."""
-    return base * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-
-
 def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
     """A seeded shuffle cut into batches; a last batch of one sample joins the one before
     (BatchNorm cannot train on a single 1×1 sample)."""
@@ -684,7 +680,7 @@ def run_trial(
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         for g in opt.param_groups:
-            g["lr"] = _epoch_lr(cfg.lr, epoch - 1, cfg.epochs)
+            g["lr"] = cosine_lr(cfg.lr, epoch - 1, cfg.epochs)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # augmentation, dropout
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         total, seen = 0.0, 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.fileio import atomic_write_text
 
 EXECUTORS = ("slurm", "local", "debug")
 
@@ -136,6 +137,18 @@ def _job_tasks() -> tuple[int, bool]:
         return int(os.environ.get("WORLD_SIZE", "1")), False
 
 
+def sigterm_as_interrupt() -> None:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt): stages unwind through their cleanup
+    (cancel local jobs, let Tune save its experiment state). Call again after anything that
+    installs its own handler, such as ray.init."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def shutdown_distributed() -> None:
     import torch.distributed as dist
 
@@ -220,10 +233,7 @@ def record_job(
         submitted_at=dt.datetime.now(dt.UTC).isoformat(),
     )
     path = d / f"{run_id}-{str(job.job_id).replace('/', '_')}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(rec))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(rec))
 
 
 def read_jobs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:

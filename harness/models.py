@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.fileio import atomic_write
 
 CHECKPOINT_FORMAT = "harness-checkpoint-v1"
 PRESETS: dict[str, Callable[..., nn.Module]] = {}
@@ -215,10 +216,7 @@ def save_checkpoint(
         state_dict=model.state_dict(),
         **(extra or {}),
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -12,7 +12,6 @@ uses SyncBatchNorm; on CPU (gloo) torch has no SyncBatchNorm, so BN statistics a
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import submitit
 
 from harness import store
 from harness.errors import HarnessError
+from harness.schedule import cosine_lr
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -46,11 +46,6 @@ class _TwoViews:
         a, y = self.ds[i]
         b, _ = self.ds[i]
         return torch.stack([a, b]), y
-
-
-def _epoch_lr(base: float, epoch: int, epochs: int) -> float:
-    """Cosine schedule over epochs (a pure function of the epoch: nothing to checkpoint)."""
-    return base * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
 def run_dir(root: str | os.PathLike | None, run_id: str) -> Path:
@@ -134,7 +129,7 @@ def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
         for epoch in range(start, cfg.epochs):
             model.train()
             for g in opt.param_groups:
-                g["lr"] = _epoch_lr(cfg.lr, epoch, cfg.epochs)
+                g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
             perm = torch.randperm(
                 len(ds), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             )

@@ -6,13 +6,13 @@ import io
 import json
 import os
 import sys
-from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 
 from harness import store
 from harness.errors import HarnessError
+from harness.fileio import atomic_write, atomic_write_text
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -64,7 +64,7 @@ def write(
             raise HarnessError("--format parquet needs --output FILE")
         import pyarrow.parquet as pq
 
-        _atomic(output, lambda p: pq.write_table(table, p))
+        atomic_write(output, lambda p: pq.write_table(table, p))
         return
     if fmt == "csv":
         import pyarrow.csv as pcsv
@@ -78,20 +78,9 @@ def write(
     else:
         text = _render_table(table)
     if output:
-        _atomic(output, lambda p: Path(p).write_text(text))
+        atomic_write_text(output, text)
     else:
         out.write(text)
-
-
-def _atomic(output: str | os.PathLike, writer) -> None:
-    dest = Path(output)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        writer(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _render_table(table: pa.Table) -> str:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError
+from harness.fileio import atomic_write
 
 RESULTS_ENV = "HARNESS_RESULTS"
 DEFAULT_ROOT = "results"
@@ -248,16 +249,7 @@ def append(
     arrow = pa.Table.from_pylist(clean, schema=SCHEMAS[table])
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     final = tdir / f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-    tmp = tdir / f".{final.name}.tmp"
-    try:
-        pq.write_table(arrow, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
+    return atomic_write(final, lambda tmp: pq.write_table(arrow, tmp), fsync=True)
 
 
 def parts(table: str, root: str | os.PathLike | None = None) -> list[Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -22,15 +21,6 @@ from harness import store
 from harness.errors import HarnessError
 
 Echo = Callable[[str], None]
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM behaves like Ctrl-C: stages unwind through their cleanup (cancel local jobs)."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def study_run_ids(spec: Any) -> list[str]:
@@ -389,7 +379,7 @@ def run(
     requested = executor or (None if spec.executor == "auto" else spec.executor)
     kind, why = launch.choose_executor(requested)
     echo(f"harness run {spec.name}: executor {kind} ({why}); results {base}")
-    _sigterm_as_interrupt()
+    launch.sigterm_as_interrupt()
     t0 = time.perf_counter()
     stages = [
         ("pre-training", lambda: stage_pretrain(spec, base, kind, echo)),

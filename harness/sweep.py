@@ -301,7 +301,9 @@ def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict
                 logging_level=logging.WARNING,
             )
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    _keep_sigterm_as_interrupt()
+    from harness import launch
+
+    launch.sigterm_as_interrupt()  # ray.init installs a handler that aborts the driver
     echo(
         f"ray: {'cluster at ' + address if address else 'local'}, "
         f"{int(ray.cluster_resources().get('CPU', 0))} CPUs on {len(ray.nodes())} node(s)"
@@ -362,17 +364,6 @@ def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict
         f"(rows in {base / 'finetune'}; experiment {path})"
     )
     return dict(total=len(trials), ran=len(grid), failed=failed)
-
-
-def _keep_sigterm_as_interrupt() -> None:
-    """ray.init installs a SIGTERM handler that aborts the driver; turn SIGTERM back into a
-    KeyboardInterrupt so Tune saves its experiment state and stops trials cleanly."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def slurm_script() -> Path:
