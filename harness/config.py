@@ -163,15 +163,15 @@ class PretrainConfig(_Spec):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from harness.models import PRESETS
+        from harness.catalog import PRESET_ARCHS
 
-        if v in PRESETS:
+        if v in PRESET_ARCHS:
             return v
         import timm  # slow (~seconds): only for names that are not presets
 
         if not timm.is_model(v):
             raise ValueError(
-                f"unknown arch {v!r}; valid: {_choices(PRESETS)}, or any timm model name"
+                f"unknown arch {v!r}; valid: {_choices(PRESET_ARCHS)}, or any timm model name"
             )
         return v
 
@@ -189,19 +189,19 @@ class PretrainConfig(_Spec):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, v: str) -> str:
-        from harness.losses import LOSSES
+        from harness.catalog import LOSS_OPTIONS
 
-        if v not in LOSSES:
-            raise ValueError(f"unknown loss {v!r}; valid: {_choices(LOSSES)}")
+        if v not in LOSS_OPTIONS:
+            raise ValueError(f"unknown loss {v!r}; valid: {_choices(LOSS_OPTIONS)}")
         return v
 
     @model_validator(mode="after")
     def _known_loss_kwargs(self) -> Self:
         """Option names must be ones the chosen loss accepts (a typo would otherwise only fail
         when the job builds the loss, long after submission)."""
-        from harness.losses import LOSSES
+        from harness.catalog import LOSS_OPTIONS
 
-        accepted = getattr(LOSSES[self.loss], "defaults", None)
+        accepted = LOSS_OPTIONS.get(self.loss)
         unknown = [k for k in self.loss_kwargs if accepted is not None and k not in accepted]
         if unknown:
             valid = f"valid: {_choices(accepted)}" if accepted else "it takes no options"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.fileio import atomic_write_text
 
 EXECUTORS = ("slurm", "local", "debug")
 
@@ -184,9 +183,9 @@ def probe_distributed(value: float | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Job records: what was submitted where, so `harness status` can join SLURM / submitit states.
+# What the scheduler says: limits, and the state of job array tasks
 
-_SLURM_STATES = {
+SLURM_STATES = {
     "PENDING": "pending",
     "CONFIGURING": "pending",
     "REQUEUED": "requeued",
@@ -195,8 +194,11 @@ _SLURM_STATES = {
     "PREEMPTED": "requeued",
     "RESIZING": "running",
     "RUNNING": "running",
-    "COMPLETING": "running",
+    "COMPLETING": "completing",
     "SUSPENDED": "running",
+    "STOPPED": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
     "COMPLETED": "done",
     "FAILED": "failed",
     "TIMEOUT": "failed",
@@ -208,58 +210,88 @@ _SLURM_STATES = {
 }
 
 
-def jobs_dir(root: str | os.PathLike | None = None) -> Path:
-    from harness.store import results_root
-
-    return results_root(root) / "jobs"
+def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def record_job(
-    root: str | os.PathLike | None, *, run_id: str, job: Any, executor: str, name: str
-) -> Path:
-    """Write one submission record (atomic JSON) next to the results."""
-    import datetime as dt
-    import json
+@dataclass
+class SlurmLimits:
+    """What the cluster accepts: tasks per array (``MaxArraySize``: indices 0..size-1), jobs in
+    the system (``MaxJobCount``), and the user's association limit on queued jobs where set."""
 
-    d = jobs_dir(root)
-    d.mkdir(parents=True, exist_ok=True)
-    rec = dict(
-        run_id=run_id,
-        job_id=str(job.job_id),
-        executor=executor,
-        name=name,
-        stdout=str(job.paths.stdout),
-        stderr=str(job.paths.stderr),
-        submitted_at=dt.datetime.now(dt.UTC).isoformat(),
-    )
-    path = d / f"{run_id}-{str(job.job_id).replace('/', '_')}.json"
-    return atomic_write_text(path, json.dumps(rec))
+    max_array_size: int
+    max_job_count: int
+    max_submit_jobs: int | None = None
 
 
-def read_jobs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Every submission record, oldest first."""
-    import json
+def slurm_limits() -> SlurmLimits:
+    """Read the limits from ``scontrol show config`` (and ``sacctmgr`` for the user's own)."""
+    conf: dict[str, str] = {}
+    r = _run(["scontrol", "show", "config"])
+    for line in r.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            conf[key.strip()] = value.strip().split()[0] if value.strip() else ""
 
-    d = jobs_dir(root)
-    recs = [json.loads(p.read_text()) for p in d.glob("*.json")] if d.exists() else []
-    return sorted(recs, key=lambda r: r["submitted_at"])
+    def num(key: str, default: int) -> int:
+        v = conf.get(key, "")
+        return int(v) if v.isdigit() else default
+
+    limits = SlurmLimits(num("MaxArraySize", 1001), num("MaxJobCount", 10000))
+    if shutil.which("sacctmgr"):
+        user = os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+        a = _run(
+            ["sacctmgr", "-n", "-P", "show", "assoc", f"where user={user}", "format=MaxSubmit"]
+        )
+        values = [int(v) for v in a.stdout.split() if v.strip().isdigit()]
+        limits.max_submit_jobs = min(values) if values else None
+    return limits
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Harness state (pending/running/requeued/failed/done) of SLURM jobs, from sacct."""
-    if not job_ids or not shutil.which("sacct"):
+def _expand(jid: str) -> list[str]:
+    """``12_[2-5,9%2]`` -> [12_2, 12_3, 12_4, 12_5, 12_9]; other ids unchanged."""
+    if "_[" not in jid:
+        return [jid]
+    base, _, spec = jid.partition("_[")
+    out = []
+    for piece in spec.rstrip("]").split("%")[0].split(","):
+        lo, _, hi = piece.partition("-")
+        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def queue_states(array_ids: set[str] | None = None) -> dict[str, str]:
+    """Harness state of every live SLURM job task in the queue (``squeue -r``: arrays expanded,
+    one line per task, every user), keyed by task id (``12_3``, or ``15`` for a plain job);
+    only the jobs of ``array_ids`` when given."""
+    if not shutil.which("squeue"):
         return {}
-    r = subprocess.run(
-        ["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", ",".join(job_ids)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = _run(["squeue", "-r", "-h", "--states=all", "-o", "%i|%T"])
     out: dict[str, str] = {}
-    for line in r.stdout.splitlines():  # with -D, requeued jobs list every attempt; last wins
-        if "|" in line:
-            jid, state = line.split("|", 1)
-            out[jid] = _SLURM_STATES.get(state.split()[0], state.lower())
+    for line in r.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if array_ids is not None and jid.split("_")[0] not in array_ids:
+            continue
+        for task in _expand(jid):
+            out[task] = SLURM_STATES.get(state.split()[0] if state else "", state.lower())
+    return out
+
+
+def accounting_states(array_ids: set[str]) -> dict[str, str]:
+    """Harness state of every task of these jobs/arrays as accounting recorded it (``sacct``:
+    finished tasks; a pending array's collapsed record ``12_[2-983%2]`` is expanded)."""
+    if not array_ids or not shutil.which("sacct"):
+        return {}
+    out: dict[str, str] = {}
+    ids = sorted(array_ids)
+    for i in range(0, len(ids), 500):
+        r = _run(
+            ["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", ",".join(ids[i : i + 500])]
+        )
+        for line in r.stdout.splitlines():  # with -D every attempt is listed; the last wins
+            jid, _, state = line.partition("|")
+            for task in _expand(jid.strip()):
+                out[task] = SLURM_STATES.get(state.split()[0] if state else "", state.lower())
     return out
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import catalog
 from harness.errors import HarnessError
 
 
@@ -71,12 +72,15 @@ def register_loss(name: str, *, views: int = 1, needs_classifier_logits: bool = 
         if views < 1:
             raise ValueError(f"loss {name!r}: views must be >= 1, got {views}")
         doc = inspect.getdoc(cls) or ""
+        options = _options_of(cls)
+        catalog.agree("loss", name, catalog.LOSS_OPTIONS.get(name), options)
+        catalog.LOSS_OPTIONS.setdefault(name, options)
         LOSSES[name] = LossSpec(
             name=name,
             build=cls,
             views=views,
             needs_classifier_logits=needs_classifier_logits,
-            defaults=MappingProxyType(_options_of(cls)),
+            defaults=MappingProxyType(options),
             summary=doc.splitlines()[0] if doc else "",
         )
         return cls

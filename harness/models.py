@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness import catalog
 from harness.errors import HarnessError
 from harness.fileio import atomic_write
 
@@ -27,6 +28,7 @@ def register_preset(name: str):
 
     def deco(fn):
         PRESETS[name] = fn
+        catalog.PRESET_ARCHS.add(name)
         return fn
 
     return deco

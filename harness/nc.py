@@ -20,12 +20,16 @@ Passes and memory:
 - NCC accuracy and nc4 compare each sample with the *final* class means, so they need a second
   pass in both modes (``update_second``); the in-memory ``nc_metrics`` runs both passes.
 Memory never depends on N. Accumulators merge (``merge``) and all-reduce across DDP ranks.
+
+Layout: input checks; pass-1 batch statistics; the pass-2 plan and batch step; one small function
+per metric formula; ``NCAccumulator``, which holds the state and calls them; ``nc_metrics``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -89,6 +93,210 @@ def _as_labels(y: Any, n: int, num_classes: int, where: str = "labels") -> torch
     return t
 
 
+def _as_classifier(
+    W: Any, b: Any, num_classes: int, dim: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    Wt = _as_features(W, where="classifier")
+    if tuple(Wt.shape) != (num_classes, dim):
+        raise HarnessError(
+            f"classifier: shape {tuple(Wt.shape)} != (num_classes, dim) = ({num_classes}, {dim})"
+        )
+    bt = None
+    if b is not None:
+        bt = (
+            torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b)
+            .detach()
+            .to("cpu", torch.float64)
+        )
+        if tuple(bt.shape) != (num_classes,):
+            raise HarnessError(f"classifier bias: shape {tuple(bt.shape)} != ({num_classes},)")
+    return Wt, bt
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1: per-class counts, means, sums of squares and the within-class scatter
+
+
+def _batch_stats(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, scatter: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(n, μ, ss, W) of one batch, every sample centred on its own class mean (W only with
+    ``scatter``); raises on NaN/inf features."""
+    # class sums and counts by a one-hot GEMM (faster than index_add on CPU)
+    onehot = torch.nn.functional.one_hot(y, num_classes).to(torch.float64)
+    n_b = onehot.sum(0)
+    sums = onehot.T @ x
+    if not torch.isfinite(sums).all():  # any NaN/inf in x reaches its class sum
+        _check_finite(x)
+    mu_b = sums / n_b.clamp(min=1)[:, None]
+    xc = x - mu_b[y]
+    ss_b = onehot.T @ torch.linalg.vector_norm(xc, dim=1).square()
+    W_b = xc.T @ xc if scatter else None
+    return n_b, mu_b, ss_b, W_b
+
+
+def _centred_means(
+    n: torch.Tensor, mu: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(present mask, μ_G, M = μ_c − μ_G for present classes) from per-class counts and means."""
+    present = n > 0
+    if int(present.sum()) < 2:
+        raise HarnessError(f"NC needs at least 2 classes with samples, got {int(present.sum())}")
+    n = n[present]
+    mu = mu[present]
+    mu_g = (mu * n[:, None]).sum(0) / n.sum()
+    return present, mu_g, mu - mu_g
+
+
+def _spectrum(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-pairs of Σ_B = MᵀM/K from the SVD of the K×D matrix M: (λ descending, V D×r)."""
+    _, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    return S * S / M.shape[0], Vh.T
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 2: nearest class centre and, in projected mode, Σ_W on the span of the class means
+
+
+@dataclass(frozen=True)
+class _SecondPassPlan:
+    """What pass 2 needs, frozen from the final pass-1 means: the present classes, the basis V
+    (D×r) of the between-class span, P = [Mᵀ V], μ_G·M_c, ‖M_c‖² and μ_c·V for every class."""
+
+    classes: torch.Tensor
+    basis: torch.Tensor
+    P: torch.Tensor
+    gM: torch.Tensor
+    norms2: torch.Tensor
+    muV: torch.Tensor
+
+
+def _plan_second_pass(n: torch.Tensor, mu: torch.Tensor) -> _SecondPassPlan:
+    present, mu_g, M = _centred_means(n, mu)
+    _, basis = _spectrum(M)
+    return _SecondPassPlan(
+        classes=present.nonzero().flatten(),
+        basis=basis,
+        P=torch.cat([M.T, basis], 1).contiguous(),
+        gM=mu_g @ M.T,
+        norms2=(M * M).sum(1),
+        muV=mu @ basis,
+    )
+
+
+def _second_pass_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plan: _SecondPassPlan,
+    cls: tuple[torch.Tensor, torch.Tensor | None] | None,
+    projected: bool,
+) -> tuple[int, int, torch.Tensor | None]:
+    """(NCC hits, NCC/classifier disagreements, projected scatter ZᵀZ or None) of one batch."""
+    # One GEMM gives both x·M_c (nearest class centre) and x·V (projection on Σ_B's span).
+    G = x @ plan.P
+    if not torch.isfinite(G).all():
+        _check_finite(x)
+    k = plan.classes.numel()
+    # argmin_c ‖x−μ_c‖² = argmin_c ‖M_c‖² − 2 (x−μ_G)·M_c
+    d = plan.norms2 - 2 * (G[:, :k] - plan.gM)
+    ncc = plan.classes[d.argmin(1)]
+    disagree = 0
+    if cls is not None:
+        W, b = cls
+        logits = x @ W.T + (b if b is not None else 0)
+        disagree = int((logits.argmax(1) != ncc).sum())
+    scatter = None
+    if projected:
+        z = G[:, k:] - plan.muV[y]  # (x − μ_y)·V
+        scatter = z.T @ z
+    return int((ncc == y).sum()), disagree, scatter
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric formulas (DESIGN §3) on the finalised statistics of the K present classes
+
+
+def _within_full(W: torch.Tensor, V: torch.Tensor, N: float) -> tuple[torch.Tensor, float]:
+    """(v_jᵀ Σ_W v_j for each column of V, tr Σ_W) from the full D×D scatter."""
+    SwV = (W @ V) / N
+    return (V * SwV).sum(0), float(torch.diagonal(W).sum()) / N
+
+
+def _within_projected(
+    Wp: torch.Tensor, V: torch.Tensor, M: torch.Tensor, N: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(λ_j = v_jᵀ Σ_B v_j, v_jᵀ Σ_W v_j) on the pass-2 basis V, from the r×r scatter Wp. The
+    basis came from the same means, so it diagonalises Σ_B; λ is recomputed on it."""
+    lam = torch.linalg.norm(M @ V, dim=0) ** 2 / M.shape[0]
+    return lam, torch.diagonal(Wp) / N
+
+
+def _descending(lam: torch.Tensor, w_dir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigen-pairs (λ_j, v_jᵀ Σ_W v_j) ordered by decreasing λ_j."""
+    order = torch.argsort(lam, descending=True)
+    return lam[order], w_dir[order]
+
+
+def _nc1_pinv(lam: torch.Tensor, w_dir: torch.Tensor, K: int) -> float:
+    """(1/K) tr(Σ_W Σ_B^†) = (1/K) Σ_j v_jᵀ Σ_W v_j / λ_j over the eigen-pairs pinv keeps
+    (λ_j > PINV_RCOND·λ_max); ``lam`` descending."""
+    keep = lam > PINV_RCOND * lam[0]
+    return float((w_dir[keep] / lam[keep]).sum()) / K
+
+
+def _nc1_svd(lam: torch.Tensor, w_dir: torch.Tensor, K: int) -> float:
+    """As ``_nc1_pinv`` over the top K−1 eigen-pairs of Σ_B; ``lam`` descending."""
+    top = slice(0, K - 1)
+    return float((w_dir[top] / lam[top]).sum()) / K
+
+
+def _nc1_quotient(tr_w: float, M: torch.Tensor) -> float:
+    """tr(Σ_W) / tr(Σ_B)."""
+    tr_b = float((M * M).sum()) / M.shape[0]
+    return tr_w / tr_b
+
+
+def _cdnv(var: torch.Tensor, norms2: torch.Tensor, G: torch.Tensor) -> float:
+    """Mean over unordered class pairs of (σ_c² + σ_c′²) / (2‖μ_c − μ_c′‖²), from the class
+    variances, ‖M_c‖² and the Gram matrix G = MMᵀ."""
+    K = G.shape[0]
+    d2 = (norms2[:, None] + norms2[None, :] - 2 * G).clamp(min=0)
+    iu = torch.triu_indices(K, K, offset=1)
+    num = var[iu[0]] + var[iu[1]]
+    with np.errstate(divide="ignore"):
+        return float((num / (2 * d2[iu[0], iu[1]])).mean())
+
+
+def _nc2_equinorm(norms: torch.Tensor) -> float:
+    """std_c ‖M_c‖ / mean_c ‖M_c‖."""
+    return float(norms.std(unbiased=False) / norms.mean())
+
+
+def _nc2_equiangular(M: torch.Tensor, norms: torch.Tensor) -> float:
+    """std over c≠c′ of cos(M_c, M_c′)."""
+    unit = M / norms[:, None]
+    cos = unit @ unit.T
+    off = ~torch.eye(M.shape[0], dtype=torch.bool)
+    return float(cos[off].std(unbiased=False))
+
+
+def _nc2_etf(G: torch.Tensor) -> float:
+    """‖ G/‖G‖_F − (I − 11ᵀ/K)/√(K−1) ‖_F with G = MMᵀ."""
+    K = G.shape[0]
+    MMt = G / torch.linalg.norm(G)
+    etf = (torch.eye(K, dtype=torch.float64) - 1.0 / K) / math.sqrt(K - 1)
+    return float(torch.linalg.norm(MMt - etf))
+
+
+def _nc3(Wc: torch.Tensor, M: torch.Tensor) -> float:
+    """‖ W/‖W‖_F − M/‖M‖_F ‖_F² for the classifier rows W of the present classes."""
+    return float(torch.linalg.norm(Wc / torch.linalg.norm(Wc) - M / torch.linalg.norm(M)) ** 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The accumulator
+
+
 class NCAccumulator:
     """Streaming NC statistics of one layer's features; see the module docstring."""
 
@@ -101,7 +309,7 @@ class NCAccumulator:
         self.mode = mode
         self.dim: int | None = None
         self.second_done = False
-        self.basis: torch.Tensor | None = None
+        self._plan: _SecondPassPlan | None = None
         if dim is not None:
             self._init(dim)
 
@@ -127,6 +335,11 @@ class NCAccumulator:
     def count(self) -> int:
         return int(self.n.sum().item()) if self.dim is not None else 0
 
+    @property
+    def basis(self) -> torch.Tensor | None:
+        """D×r basis of the between-class span, fixed when pass 2 starts (None before)."""
+        return self._plan.basis if self._plan is not None else None
+
     def _merge_stats(self, n_b, mu_b, ss_b, W_b) -> None:
         """Chan et al. parallel update with another set of (n, μ, ss, W) statistics."""
         present = n_b > 0
@@ -147,7 +360,7 @@ class NCAccumulator:
     # -- pass 1 -----------------------------------------------------------------------------
     def update(self, features: Any, labels: Any) -> NCAccumulator:
         """Add a batch (pass 1)."""
-        if self.second_done or self.basis is not None:
+        if self.second_done or self._plan is not None:
             raise HarnessError("NCAccumulator.update after the second pass started")
         x = _as_features(features, check=False)
         y = _as_labels(labels, x.shape[0], self.num_classes)
@@ -157,18 +370,7 @@ class NCAccumulator:
             raise HarnessError(f"features: dimension {x.shape[1]} != accumulator's {self.dim}")
         if x.shape[0] == 0:
             return self
-        K = self.num_classes
-        # class sums and counts by a one-hot GEMM (faster than index_add on CPU)
-        onehot = torch.nn.functional.one_hot(y, K).to(torch.float64)
-        n_b = onehot.sum(0)
-        sums = onehot.T @ x
-        if not torch.isfinite(sums).all():  # any NaN/inf in x reaches its class sum
-            _check_finite(x)
-        mu_b = sums / n_b.clamp(min=1)[:, None]
-        xc = x - mu_b[y]
-        ss_b = onehot.T @ torch.linalg.vector_norm(xc, dim=1).square()
-        W_b = xc.T @ xc if self.W is not None else None
-        self._merge_stats(n_b, mu_b, ss_b, W_b)
+        self._merge_stats(*_batch_stats(x, y, self.num_classes, self.W is not None))
         return self
 
     def merge(self, other: NCAccumulator) -> NCAccumulator:
@@ -215,25 +417,11 @@ class NCAccumulator:
             self.W = flat[K:].view(D, D).clone()
         return self
 
-    # -- derived quantities ---------------------------------------------------------------------
     def _centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(present mask, μ_G, M = μ_c − μ_G for present classes)."""
         if self.dim is None:
             raise HarnessError("no features were accumulated")
-        present = self.n > 0
-        if int(present.sum()) < 2:
-            raise HarnessError(
-                f"NC needs at least 2 classes with samples, got {int(present.sum())}"
-            )
-        n = self.n[present]
-        mu = self.mu[present]
-        mu_g = (mu * n[:, None]).sum(0) / n.sum()
-        return present, mu_g, mu - mu_g
-
-    def _spectrum(self, M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigen-pairs of Σ_B = MᵀM/K from the SVD of the K×D matrix M: (λ descending, V D×r)."""
-        _, S, Vh = torch.linalg.svd(M, full_matrices=False)
-        return S * S / M.shape[0], Vh.T
+        return _centred_means(self.n, self.mu)
 
     # -- pass 2 -----------------------------------------------------------------------------
     def update_second(
@@ -245,43 +433,29 @@ class NCAccumulator:
         y = _as_labels(labels, x.shape[0], self.num_classes)
         if self.dim is None or x.shape[1] != self.dim:
             raise HarnessError("update_second: run update() over the data first (same dimension)")
-        if self.basis is None:
+        if self._plan is None:
             self._start_second()
         if classifier is not None:
             self._second_cls = _as_classifier(classifier, bias, self.num_classes, self.dim)
         if x.shape[0] == 0:
             return self
-        # One GEMM gives both x·M_c (nearest class centre) and x·V (projection on Σ_B's span).
-        G = x @ self._P
-        if not torch.isfinite(G).all():
-            _check_finite(x)
-        k = self._classes.numel()
-        # argmin_c ‖x−μ_c‖² = argmin_c ‖M_c‖² − 2 (x−μ_G)·M_c
-        d = self._norms2 - 2 * (G[:, :k] - self._gM)
-        ncc = self._classes[d.argmin(1)]
-        self.ncc_correct += int((ncc == y).sum())
-        if self._second_cls is not None:
-            W, b = self._second_cls
-            logits = x @ W.T + (b if b is not None else 0)
-            self.ncc_disagree += int((logits.argmax(1) != ncc).sum())
-        if self.mode == "projected":
-            z = G[:, k:] - self._muV[y]  # (x − μ_y)·V
-            self.Wp += z.T @ z
+        projected = self.mode == "projected"
+        correct, disagree, scatter = _second_pass_batch(
+            x, y, self._plan, self._second_cls, projected
+        )
+        self.ncc_correct += correct
+        self.ncc_disagree += disagree
+        if projected:
+            self.Wp += scatter
         self.n2 += x.shape[0]
         self.second_done = True
         return self
 
     def _start_second(self) -> None:
         """Freeze what pass 2 needs from the final pass-1 means."""
-        present, mu_g, M = self._centred()
-        _, self.basis = self._spectrum(M)
-        r = self.basis.shape[1]
+        self._plan = _plan_second_pass(self.n, self.mu)
+        r = self._plan.basis.shape[1]
         self.Wp = torch.zeros(r, r, dtype=torch.float64)
-        self._classes = present.nonzero().flatten()
-        self._P = torch.cat([M.T, self.basis], 1).contiguous()
-        self._gM = mu_g @ M.T
-        self._norms2 = (M * M).sum(1)
-        self._muV = self.mu @ self.basis
 
     def all_reduce_second(self, group: Any = None) -> NCAccumulator:
         """Sum pass-2 counters (and the projected scatter) over torch.distributed ranks."""
@@ -299,99 +473,56 @@ class NCAccumulator:
         self.second_done = self.n2 > 0
         return self
 
+    def _second_complete(self, N: float) -> bool:
+        """Whether pass 2 saw every sample (its metrics are only valid then)."""
+        return self.second_done and self.n2 == round(N)
+
     # -- metrics ----------------------------------------------------------------------------
+    def _nc1_metrics(self, M: torch.Tensor, N: float) -> dict[str, float]:
+        """nc1 and nc1_svd where the statistics give Σ_W along Σ_B's eigenvectors (full mode, or
+        projected after a complete pass 2), and nc1_quotient always."""
+        out: dict[str, float] = {}
+        K = M.shape[0]
+        tr_w = float(self.ss.sum()) / N
+        w_dir = None
+        if self.mode == "full":
+            lam, V = _spectrum(M)
+            w_dir, tr_w = _within_full(self.W, V, N)
+        elif self._second_complete(N):
+            lam, w_dir = _within_projected(self.Wp, self.basis, M, N)
+        if w_dir is not None:
+            lam, w_dir = _descending(lam, w_dir)
+            out["nc1"] = _nc1_pinv(lam, w_dir, K)
+            out["nc1_svd"] = _nc1_svd(lam, w_dir, K)
+        out["nc1_quotient"] = _nc1_quotient(tr_w, M)
+        return out
+
     def compute(self, classifier: Any = None, bias: Any = None) -> dict[str, float]:
         """All metrics the statistics support: nc1 variants, cdnv, nc2_*, nc3 (with a
         classifier); ncc_acc and nc4 when the second pass ran over all samples."""
         present, _, M = self._centred()
         n = self.n[present]
         N = float(n.sum())
-        K = M.shape[0]
-        lam, V = self._spectrum(M)
-        out: dict[str, float] = {}
-
-        # within-class variance along the between-class directions: v_jᵀ Σ_W v_j
-        if self.mode == "full":
-            SwV = (self.W @ V) / N
-            w_dir = (V * SwV).sum(0)
-            tr_w = float(torch.diagonal(self.W).sum()) / N
-        elif self.second_done and self.n2 == round(N):
-            # the basis was fixed at the start of pass 2 from the same means; reuse it
-            V = self.basis
-            lam = torch.linalg.norm(M @ V, dim=0) ** 2 / K
-            w_dir = torch.diagonal(self.Wp) / N
-            tr_w = float(self.ss.sum()) / N
-        else:
-            w_dir = None
-            tr_w = float(self.ss.sum()) / N
-        if w_dir is not None:
-            order = torch.argsort(lam, descending=True)
-            lam, w_dir = lam[order], w_dir[order]
-            keep = lam > PINV_RCOND * lam[0]
-            out["nc1"] = float((w_dir[keep] / lam[keep]).sum()) / K
-            top = slice(0, K - 1)
-            out["nc1_svd"] = float((w_dir[top] / lam[top]).sum()) / K
-        tr_b = float((M * M).sum()) / K
-        out["nc1_quotient"] = tr_w / tr_b
-
-        # CDNV over unordered class pairs
-        var = self.ss[present] / n
+        out = self._nc1_metrics(M, N)
         norms2 = (M * M).sum(1)
         G = M @ M.T
-        d2 = (norms2[:, None] + norms2[None, :] - 2 * G).clamp(min=0)
-        iu = torch.triu_indices(K, K, offset=1)
-        num = var[iu[0]] + var[iu[1]]
-        with np.errstate(divide="ignore"):
-            out["cdnv"] = float((num / (2 * d2[iu[0], iu[1]])).mean())
-
-        # NC2
+        out["cdnv"] = _cdnv(self.ss[present] / n, norms2, G)
         norms = norms2.sqrt()
-        out["nc2_equinorm"] = float(norms.std(unbiased=False) / norms.mean())
-        unit = M / norms[:, None]
-        cos = unit @ unit.T
-        off = ~torch.eye(K, dtype=torch.bool)
-        out["nc2_equiangular"] = float(cos[off].std(unbiased=False))
-        MMt = G / torch.linalg.norm(G)
-        etf = (torch.eye(K, dtype=torch.float64) - 1.0 / K) / math.sqrt(K - 1)
-        out["nc2_etf"] = float(torch.linalg.norm(MMt - etf))
-
-        # NC3: classifier rows of the present classes vs the centred means
+        out["nc2_equinorm"] = _nc2_equinorm(norms)
+        out["nc2_equiangular"] = _nc2_equiangular(M, norms)
+        out["nc2_etf"] = _nc2_etf(G)
         cls = (
             _as_classifier(classifier, bias, self.num_classes, self.dim)
             if classifier is not None
             else self._second_cls
         )
-        if cls is not None:
-            Wc = cls[0][present]
-            out["nc3"] = float(
-                torch.linalg.norm(Wc / torch.linalg.norm(Wc) - M / torch.linalg.norm(M)) ** 2
-            )
-        # second-pass metrics, only when pass 2 saw every sample
-        if self.second_done and self.n2 == round(N):
+        if cls is not None:  # NC3: classifier rows of the present classes vs the centred means
+            out["nc3"] = _nc3(cls[0][present], M)
+        if self._second_complete(N):
             out["ncc_acc"] = self.ncc_correct / self.n2
             if self._second_cls is not None:
                 out["nc4"] = self.ncc_disagree / self.n2
         return out
-
-
-def _as_classifier(
-    W: Any, b: Any, num_classes: int, dim: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    Wt = _as_features(W, where="classifier")
-    if tuple(Wt.shape) != (num_classes, dim):
-        raise HarnessError(
-            f"classifier: shape {tuple(Wt.shape)} != (num_classes, dim) = ({num_classes}, {dim})"
-        )
-    bt = None
-    if b is not None:
-        bt = (
-            torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b)
-            .detach()
-            .to("cpu", torch.float64)
-        )
-        if tuple(bt.shape) != (num_classes,):
-            raise HarnessError(f"classifier bias: shape {tuple(bt.shape)} != ({num_classes},)")
-    return Wt, bt
 
 
 def nc_metrics(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,221 +54,46 @@ def run_dir(root: str | os.PathLike | None, run_id: str) -> Path:
     return store.results_root(root) / "checkpoints" / run_id
 
 
+@dataclass
+class _Run:
+    """Everything one training run works with, built once by ``_set_up``."""
+
+    cfg: Any
+    config: dict[str, Any]
+    prov: Any
+    dist: Any
+    device: Any
+    ds: Any  # the training set (one view per image)
+    train_ds: Any  # what the loop reads: two views per image for two-view losses
+    batch: int  # global batch
+    steps: int  # per epoch
+    net: Any
+    opt: Any
+    loss_fn: Any
+    views: int
+    ckpt_path: Path
+
+
 def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run (or resume) one pre-training run on this process; DDP when launched with several tasks.
 
     ``cfg`` is a ``harness.config.PretrainConfig`` (or a dict of its fields). Returns a summary
     dict (same on every rank).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from harness import data, launch, losses, models
+    from harness import launch
     from harness.config import PretrainConfig
-    from harness.measure import measure_model, nc_rows
 
     if isinstance(cfg, dict):
         cfg = PretrainConfig.from_dict(cfg)
     config = cfg.model_dump(mode="json")
     prov = store.Provenance.collect(config, "pretrain")
     dist = launch.init_distributed()
-    out = run_dir(root, prov.run_id)
-    ckpt_path = out / CHECKPOINT_NAME
     t0 = time.perf_counter()
     try:
-        device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-        threads = os.environ.get("HARNESS_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
-        if device.type == "cpu" and threads:
-            torch.set_num_threads(max(1, int(threads)))
-        spec = losses.LOSSES[cfg.loss]
-        ds = data.load(
-            cfg.dataset,
-            "train",
-            root=cfg.data_root,
-            seed=cfg.seed,
-            per_class=cfg.per_class,
-            augment=cfg.augment,
-            limit=cfg.limit,
-            **cfg.data_kwargs,
-        )
-        info = ds.info
-        train_ds = _TwoViews(ds) if spec.views == 2 else ds
-        G = cfg.batch_size
-        if G % dist.world_size:
-            raise HarnessError(f"batch_size {G} is not divisible by the {dist.world_size} ranks")
-        G = min(G, len(ds) - len(ds) % dist.world_size)
-        steps = len(ds) // G
-
-        torch.manual_seed(cfg.seed)
-        net = models.build_network(
-            cfg.arch,
-            info.num_classes,
-            info.in_chans,
-            info.image_size,
-            head_depth=cfg.head_depth,
-            head_dim=cfg.head_dim,
-        )
-        if device.type == "cuda" and dist.initialized:
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net.to(device)
-        opt = torch.optim.SGD(
-            net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        start = 0
-        if ckpt_path.exists():
-            obj = models.read_checkpoint(ckpt_path)
-            net.load_state_dict(obj["state_dict"])
-            opt.load_state_dict(obj["optimizer"])
-            start = int(obj["epoch"])
-            _log(f"resumed {prov.run_id} from epoch {start} ({ckpt_path})")
-        model = torch.nn.parallel.DistributedDataParallel(net) if dist.initialized else net
-        loss_fn = losses.build_loss(cfg.loss, info.num_classes, **cfg.loss_kwargs)
-        use_amp = device.type == "cuda"
-
-        last_loss = float("nan")
-        t_train, seen = time.perf_counter(), 0
-        for epoch in range(start, cfg.epochs):
-            model.train()
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
-            perm = torch.randperm(
-                len(ds), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            )
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + dist.rank)  # augmentation
-            total = torch.zeros(2, dtype=torch.float64)
-            for s in range(steps):
-                idx = perm[s * G + dist.rank : (s + 1) * G : dist.world_size].tolist()
-                items = [train_ds[i] for i in idx]
-                x = torch.stack([it[0] for it in items]).to(device)
-                y = torch.tensor([int(it[1]) for it in items], device=device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    if spec.views == 2:
-                        emb, logits = model(x.flatten(0, 1), embed=True)
-                        emb = emb.float().view(len(idx), 2, -1)
-                        loss = loss_fn(emb, y) + F.cross_entropy(
-                            logits.float().view(len(idx), 2, -1)[:, 0], y
-                        )
-                    else:
-                        loss = loss_fn(model(x).float(), y)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"non-finite loss at epoch {epoch} step {s}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
-                seen += len(idx) * dist.world_size
-            if dist.initialized:
-                torch.distributed.all_reduce(total)
-            last_loss = float(total[0] / total[1])
-            if dist.rank == 0:
-                models.save_checkpoint(
-                    ckpt_path,
-                    net,
-                    arch=cfg.arch,
-                    num_classes=info.num_classes,
-                    in_chans=info.in_chans,
-                    img_size=info.image_size,
-                    model_kwargs=dict(head_depth=cfg.head_depth, head_dim=cfg.head_dim),
-                    meta=dict(dataset=cfg.dataset, run_id=prov.run_id, config=config),
-                    extra=dict(optimizer=opt.state_dict(), epoch=epoch + 1, loss=last_loss),
-                )
-                _log(f"epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f}")
-            if dist.initialized:
-                torch.distributed.barrier()
-
-        t_train = time.perf_counter() - t_train
-        images_per_s = seen / t_train if seen else None  # None when resumed after the last epoch
-        net.eval()
-        train_acc = _accuracy(
-            net,
-            data.load(
-                cfg.dataset,
-                "train",
-                root=cfg.data_root,
-                seed=cfg.seed,
-                per_class=cfg.per_class,
-                limit=cfg.limit,
-                **cfg.data_kwargs,
-            ),
-            dist,
-            device,
-        )
-        test_acc = _accuracy(
-            net, data.load(cfg.dataset, "test", root=cfg.data_root, **cfg.data_kwargs), dist, device
-        )
-        nc_ds = data.load(
-            cfg.dataset,
-            cfg.nc_split,
-            root=cfg.data_root,
-            seed=cfg.seed,
-            limit=cfg.nc_limit,
-            **cfg.data_kwargs,
-        )
-        net.cpu()
-        layers = models.select_layers(net, cfg.nc_layers)
-        cls = models.classifier_weights(net)
-        results, n = measure_model(
-            net,
-            nc_ds,
-            layers,
-            classifier=cls,
-            ncc=True,
-            dist=dist,
-            desc=f"{cfg.dataset}/{cfg.nc_split}",
-        )
-        summary = dict(
-            run_id=prov.run_id,
-            train_acc=train_acc,
-            test_acc=test_acc,
-            final_loss=last_loss,
-            world_size=dist.world_size,
-            images_per_s=images_per_s,
-            checkpoint=str(ckpt_path),
-            nc={r.layer: r.metrics for r in results},
-        )
-        if dist.rank == 0:
-            store.append(
-                "nc",
-                nc_rows(
-                    results,
-                    n,
-                    run_id=prov.run_id,
-                    checkpoint=str(ckpt_path),
-                    model=cfg.arch,
-                    dataset=cfg.dataset,
-                    split=cfg.nc_split,
-                    num_classes=info.num_classes,
-                ),
-                root,
-            )
-            store.append(
-                "pretrain",
-                [
-                    dict(
-                        run_id=prov.run_id,
-                        arch=cfg.arch,
-                        dataset=cfg.dataset,
-                        loss=cfg.loss,
-                        augment=cfg.augment,
-                        head_depth=cfg.head_depth,
-                        epochs=cfg.epochs,
-                        batch_size=cfg.batch_size,
-                        lr=cfg.lr,
-                        seed=cfg.seed,
-                        world_size=dist.world_size,
-                        train_acc=train_acc,
-                        test_acc=test_acc,
-                        final_loss=last_loss,
-                        params=models.count_params(net),
-                        checkpoint=str(ckpt_path),
-                        images_per_s=images_per_s,
-                        wall_s=time.perf_counter() - t0,
-                    )
-                ],
-                root,
-            )
-            store.record_run(prov, "done", root, log_path=_log_path())
-        return summary
+        run = _set_up(cfg, config, prov, dist, run_dir(root, prov.run_id) / CHECKPOINT_NAME)
+        start = _resume(run)
+        last_loss, images_per_s = _train_epochs(run, start)
+        return _finish(run, root, last_loss, images_per_s, t0)
     except Exception as e:
         if dist.rank == 0:
             line = " ".join(f"{type(e).__name__}: {e}".split())
@@ -275,6 +101,221 @@ def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
         raise
     finally:
         launch.shutdown_distributed()
+
+
+def _load_split(cfg: Any, split: str, **kw: Any) -> Any:
+    """One split of the run's dataset with the run's data options."""
+    from harness import data
+
+    return data.load(cfg.dataset, split, root=cfg.data_root, **kw, **cfg.data_kwargs)
+
+
+def _set_up(cfg: Any, config: dict[str, Any], prov: Any, dist: Any, ckpt_path: Path) -> _Run:
+    """Device and threads, the training data, the network (SyncBN on GPU DDP) and optimiser."""
+    import torch
+
+    from harness import losses, models
+
+    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    threads = os.environ.get("HARNESS_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(max(1, int(threads)))
+    views = losses.LOSSES[cfg.loss].views
+    ds = _load_split(
+        cfg, "train", seed=cfg.seed, per_class=cfg.per_class, augment=cfg.augment, limit=cfg.limit
+    )
+    info = ds.info
+    G = cfg.batch_size
+    if G % dist.world_size:
+        raise HarnessError(f"batch_size {G} is not divisible by the {dist.world_size} ranks")
+    G = min(G, len(ds) - len(ds) % dist.world_size)
+    torch.manual_seed(cfg.seed)
+    net = models.build_network(
+        cfg.arch,
+        info.num_classes,
+        info.in_chans,
+        info.image_size,
+        head_depth=cfg.head_depth,
+        head_dim=cfg.head_dim,
+    )
+    if device.type == "cuda" and dist.initialized:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.to(device)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    return _Run(
+        cfg=cfg,
+        config=config,
+        prov=prov,
+        dist=dist,
+        device=device,
+        ds=ds,
+        train_ds=_TwoViews(ds) if views == 2 else ds,
+        batch=G,
+        steps=len(ds) // G,
+        net=net,
+        opt=opt,
+        loss_fn=losses.build_loss(cfg.loss, info.num_classes, **cfg.loss_kwargs),
+        views=views,
+        ckpt_path=ckpt_path,
+    )
+
+
+def _resume(run: _Run) -> int:
+    """Load the last epoch checkpoint if there is one; return the epoch to start from."""
+    from harness import models
+
+    if not run.ckpt_path.exists():
+        return 0
+    obj = models.read_checkpoint(run.ckpt_path)
+    run.net.load_state_dict(obj["state_dict"])
+    run.opt.load_state_dict(obj["optimizer"])
+    start = int(obj["epoch"])
+    _log(f"resumed {run.prov.run_id} from epoch {start} ({run.ckpt_path})")
+    return start
+
+
+def _step_loss(run: _Run, model: Any, x: Any, y: Any) -> Any:
+    """The loss of one batch (two-view losses add an online linear probe's cross-entropy)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        if run.views == 2:
+            emb, logits = model(x.flatten(0, 1), embed=True)
+            emb = emb.float().view(len(y), 2, -1)
+            return run.loss_fn(emb, y) + F.cross_entropy(
+                logits.float().view(len(y), 2, -1)[:, 0], y
+            )
+        return run.loss_fn(model(x).float(), y)
+
+
+def _train_epochs(run: _Run, start: int) -> tuple[float, float | None]:
+    """The epoch loop from ``start``: seeded order and augmentation, a checkpoint per epoch.
+    Returns (last epoch's mean loss, images/s; None when resumed after the last epoch)."""
+    import torch
+
+    cfg, dist, G = run.cfg, run.dist, run.batch
+    model = torch.nn.parallel.DistributedDataParallel(run.net) if dist.initialized else run.net
+    last_loss, seen, t_train = float("nan"), 0, time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        for g in run.opt.param_groups:
+            g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
+        perm = torch.randperm(
+            len(run.ds), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        )
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + dist.rank)  # augmentation
+        total = torch.zeros(2, dtype=torch.float64)
+        for s in range(run.steps):
+            idx = perm[s * G + dist.rank : (s + 1) * G : dist.world_size].tolist()
+            items = [run.train_ds[i] for i in idx]
+            x = torch.stack([it[0] for it in items]).to(run.device)
+            y = torch.tensor([int(it[1]) for it in items], device=run.device)
+            loss = _step_loss(run, model, x, y)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite loss at epoch {epoch} step {s}")
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            run.opt.step()
+            total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
+            seen += len(idx) * dist.world_size
+        if dist.initialized:
+            torch.distributed.all_reduce(total)
+        last_loss = float(total[0] / total[1])
+        if dist.rank == 0:
+            _save(run, epoch + 1, last_loss)
+        if dist.initialized:
+            torch.distributed.barrier()
+    elapsed = time.perf_counter() - t_train
+    return last_loss, (seen / elapsed if seen else None)
+
+
+def _save(run: _Run, epochs_done: int, loss: float) -> None:
+    from harness import models
+
+    cfg, info = run.cfg, run.ds.info
+    models.save_checkpoint(
+        run.ckpt_path,
+        run.net,
+        arch=cfg.arch,
+        num_classes=info.num_classes,
+        in_chans=info.in_chans,
+        img_size=info.image_size,
+        model_kwargs=dict(head_depth=cfg.head_depth, head_dim=cfg.head_dim),
+        meta=dict(dataset=cfg.dataset, run_id=run.prov.run_id, config=run.config),
+        extra=dict(optimizer=run.opt.state_dict(), epoch=epochs_done, loss=loss),
+    )
+    _log(f"epoch {epochs_done}/{cfg.epochs} loss {loss:.4f}")
+
+
+def _finish(
+    run: _Run, root: Any, last_loss: float, images_per_s: float | None, t0: float
+) -> dict[str, Any]:
+    """Source accuracies and per-layer source NC; rank 0 writes `nc`, `pretrain` and `runs`."""
+    from harness import models
+    from harness.measure import measure_model
+
+    cfg, dist, net = run.cfg, run.dist, run.net
+    net.eval()
+    clean_train = _load_split(cfg, "train", seed=cfg.seed, per_class=cfg.per_class, limit=cfg.limit)
+    train_acc = _accuracy(net, clean_train, dist, run.device)
+    test_acc = _accuracy(net, _load_split(cfg, "test"), dist, run.device)
+    nc_ds = _load_split(cfg, cfg.nc_split, seed=cfg.seed, limit=cfg.nc_limit)
+    net.cpu()
+    results, n = measure_model(
+        net,
+        nc_ds,
+        models.select_layers(net, cfg.nc_layers),
+        classifier=models.classifier_weights(net),
+        ncc=True,
+        dist=dist,
+        desc=f"{cfg.dataset}/{cfg.nc_split}",
+    )
+    summary = dict(
+        run_id=run.prov.run_id,
+        train_acc=train_acc,
+        test_acc=test_acc,
+        final_loss=last_loss,
+        world_size=dist.world_size,
+        images_per_s=images_per_s,
+        checkpoint=str(run.ckpt_path),
+        nc={r.layer: r.metrics for r in results},
+    )
+    if dist.rank == 0:
+        _record(run, root, results, n, summary, time.perf_counter() - t0)
+    return summary
+
+
+def _record(run: _Run, root: Any, results: Any, n: int, summary: dict, wall_s: float) -> None:
+    """The run's rows: per-layer source NC, the `pretrain` row, and its `runs` row (done)."""
+    from harness import models
+    from harness.measure import nc_rows
+
+    cfg, ckpt = run.cfg, str(run.ckpt_path)
+    rid = run.prov.run_id
+    store.append(
+        "nc",
+        nc_rows(
+            results,
+            n,
+            run_id=rid,
+            checkpoint=ckpt,
+            model=cfg.arch,
+            dataset=cfg.dataset,
+            split=cfg.nc_split,
+            num_classes=run.ds.info.num_classes,
+        ),
+        root,
+    )
+    row = {k: getattr(cfg, k) for k in ("arch", "dataset", "loss", "augment", "head_depth")}
+    row.update({k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr", "seed")})
+    keep = ("train_acc", "test_acc", "final_loss", "world_size", "images_per_s")
+    row.update({k: summary[k] for k in keep})
+    row.update(run_id=rid, params=models.count_params(run.net), checkpoint=ckpt, wall_s=wall_s)
+    store.append("pretrain", [row], root)
+    store.record_run(run.prov, "done", root, log_path=_log_path())
 
 
 def _log_path() -> str | None:
@@ -312,142 +353,3 @@ class PretrainJob(submitit.helpers.Checkpointable):
         if self.threads:
             os.environ.setdefault("HARNESS_THREADS", str(self.threads))
         return train(config, root)
-
-
-# ---------------------------------------------------------------------------------------------
-# Submission of a grid
-
-
-def _resources(spec_res: Any) -> Any:
-    from harness import launch
-
-    r = spec_res
-    return launch.Resources(
-        nodes=r.nodes,
-        tasks_per_node=r.tasks_per_node,
-        cpus_per_task=r.cpus_per_task,
-        mem_gb=r.mem_gb,
-        timeout_min=r.timeout_min,
-        partition=r.partition,
-        signal_delay_s=r.signal_delay_s,
-        max_num_timeout=r.max_num_timeout,
-        requeue=r.requeue,
-    )
-
-
-def submit(
-    spec: Any,
-    executor: str | None = None,
-    *,
-    root: str | os.PathLike | None = None,
-    wait: bool = False,
-    echo=print,
-    cancel_on_interrupt: bool = True,
-) -> list[Any]:
-    """Submit every run of ``spec`` (a ``SubmitSpec``) that is not done or already queued.
-
-    ``slurm`` submits one job array and returns (``wait`` to block); ``local`` runs jobs in
-    waves that fit this machine's cores and waits; ``debug`` runs them in this process. Returns
-    the submitted submitit jobs (empty when everything is done).
-    """
-    from harness import launch
-
-    base = store.results_root(root).resolve()
-    kind, why = launch.choose_executor(None if executor in (None, "auto") else executor)
-    echo(f"executor: {kind} ({why})")
-    runs = spec.runs()
-    preflight(runs)
-    active = _active_run_ids(base)
-    todo, skipped_done, skipped_active = [], 0, 0
-    for cfg in runs:
-        rid = cfg.run_id()
-        if store.is_done(rid, base):
-            skipped_done += 1
-        elif rid in active:
-            skipped_active += 1
-        else:
-            todo.append(cfg)
-    echo(
-        f"{len(runs)} runs in {spec.name}: {len(todo)} to submit, {skipped_done} done, "
-        f"{skipped_active} already queued or running"
-    )
-    if not todo:
-        return []
-    res = _resources(spec.resources)
-    folder = base / "logs" / spec.name
-    ex = launch.make_executor(kind, folder, res, name=f"harness-{spec.name}")
-    if kind == "slurm":
-        ex.update_parameters(slurm_array_parallelism=spec.resources.array_parallelism)
-        waves = [todo]
-    else:
-        per_job = res.cpus_per_task * res.tasks_per_node
-        width = max(1, (os.cpu_count() or 1) // per_job) if kind == "local" else 1
-        waves = [todo[i : i + width] for i in range(0, len(todo), width)]
-    jobs, failed = [], 0
-    for wave in waves:
-        with ex.batch():
-            sub = [
-                ex.submit(PretrainJob(res.cpus_per_task), cfg.model_dump(mode="json"), str(base))
-                for cfg in wave
-            ]
-        for cfg, job in zip(wave, sub, strict=True):
-            launch.record_job(base, run_id=cfg.run_id(), job=job, executor=kind, name=spec.name)
-            echo(f"  {job.job_id}  {cfg.short_name()}  run {cfg.run_id()}  log {job.paths.stderr}")
-        jobs += sub
-        if kind != "slurm" or wait:
-            try:
-                failed += _wait(sub, echo)
-            except KeyboardInterrupt:
-                if cancel_on_interrupt and kind == "local":  # local jobs would outlive us
-                    for job in sub:
-                        job.cancel(check=False)
-                    echo(
-                        f"interrupted: cancelled {len(sub)} local jobs (they resume from their "
-                        "last epoch next time)"
-                    )
-                raise
-    echo(f"logs: {folder}")
-    if failed:
-        raise HarnessError(f"{failed} of {len(jobs)} jobs failed (see `harness status`)", code=1)
-    return jobs
-
-
-def preflight(runs: list[Any]) -> None:
-    """Check what a job would only find out on the cluster (dataset roots) before submitting."""
-    from harness import data
-
-    seen = set()
-    for cfg in runs:
-        key = (cfg.dataset, cfg.data_root, tuple(sorted(cfg.data_kwargs.items())))
-        if key not in seen:
-            seen.add(key)
-            data.info(cfg.dataset, root=cfg.data_root, **cfg.data_kwargs)
-
-
-def _wait(jobs: list[Any], echo) -> int:
-    """Wait for every job; report each failure in one line; return how many failed."""
-    failed = 0
-    for job in jobs:
-        try:
-            job.results()
-        except Exception as e:  # noqa: BLE001 - report every failed job, keep waiting for the rest
-            failed += 1
-            echo(f"  job {job.job_id} failed: {launch_error(e)}")
-    return failed
-
-
-def launch_error(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    errs = [ln for ln in lines if "Error" in ln or "Exception" in ln]
-    return (errs[-1] if errs else (lines[-1] if lines else type(e).__name__))[:300]
-
-
-def _active_run_ids(root: Path) -> set[str]:
-    """Run ids with a SLURM job that is pending, running or requeued."""
-    from harness import launch
-
-    recs = [r for r in launch.read_jobs(root) if r["executor"] == "slurm"]
-    states = launch.slurm_states([r["job_id"] for r in recs])
-    return {
-        r["run_id"] for r in recs if states.get(r["job_id"]) in ("pending", "running", "requeued")
-    }

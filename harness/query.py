@@ -6,6 +6,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import IO, Any
 
 import pyarrow as pa
@@ -13,35 +14,11 @@ import pyarrow as pa
 from harness import store
 from harness.errors import HarnessError
 from harness.fileio import atomic_write, atomic_write_text
+from harness.store import execute, one_line
+
+__all__ = ["FORMATS", "execute", "write", "run", "list_tables", "status", "compact"]
 
 FORMATS = ("table", "csv", "json", "parquet")
-
-
-def _one_line(msg: str) -> str:
-    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
-
-
-def execute(sql: str, root: str | os.PathLike | None = None) -> pa.Table:
-    """Run SQL against the store's views; a DuckDB error becomes one HarnessError line."""
-    import duckdb
-
-    base = store.results_root(root)
-    con = store.connect(base)
-    try:
-        rel = con.sql(sql)
-        if rel is None:  # a statement without a result set
-            return pa.table({})
-        fetch = getattr(rel, "to_arrow_table", None) or rel.arrow  # duckdb 2 / 1
-        return fetch()
-    except duckdb.Error as e:
-        msg = _one_line(e)
-        if not store.has_results(base) and isinstance(e, duckdb.CatalogException):
-            missing = [t for t in store.TABLES if f"name {t} does not exist" in msg]
-            if missing:
-                raise HarnessError(f"no results under {base}", code=1) from None
-        raise HarnessError(msg) from None
-    finally:
-        con.close()
 
 
 def _jsonable(v: Any) -> Any:
@@ -136,42 +113,15 @@ def list_tables(root: str | os.PathLike | None = None, out: IO[str] | None = Non
     return 0
 
 
-def run_states(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Each run's current state, joining the store (done / failed rows) with submission
-    records and SLURM's view (pending / running / requeued / failed)."""
-    from harness import launch
-
-    base = store.results_root(root)
-    runs = {r["run_id"]: dict(r) for r in store.latest_runs(base)}
-    latest_job: dict[str, dict[str, Any]] = {}
-    for rec in launch.read_jobs(base):
-        latest_job[rec["run_id"]] = rec
-    slurm = launch.slurm_states(
-        [j["job_id"] for j in latest_job.values() if j["executor"] == "slurm"]
-    )
-    for rid, rec in latest_job.items():
-        row = runs.setdefault(rid, dict(run_id=rid, kind="pretrain", status="submitted"))
-        row["slurm_job_id"] = row.get("slurm_job_id") or rec["job_id"]
-        if row["status"] == "done":
-            continue
-        state = slurm.get(rec["job_id"]) if rec["executor"] == "slurm" else None
-        if state == "done":  # SLURM finished but the run wrote no result
-            state = "failed"
-        if state and row["status"] != "failed":  # the run's own failure row is final
-            row["status"] = state
-        if row["status"] == "failed":
-            row["log_path"] = row.get("log_path") or rec["stderr"]
-            row["error"] = row.get("error") or launch.last_error_line(rec["stderr"])
-    return list(runs.values())
-
-
 def status(
     root: str | os.PathLike | None = None, show_all: bool = False, out: IO[str] | None = None
 ) -> int:
     """`harness status`: counts of runs by state, and the failed ones with log and error line."""
     out = out or sys.stdout
     base = store.results_root(root)
-    runs = run_states(base)
+    from harness import ledger
+
+    runs = ledger.run_states(base)
     if not runs:
         out.write(f"no runs under {base}\n")
         return 0
@@ -187,6 +137,27 @@ def status(
             if r.get("log_path"):
                 line += f" log {r['log_path']}"
             if r.get("error"):
-                line += f"  error: {_one_line(r['error'])[:200]}"
+                line += f"  error: {one_line(r['error'])[:200]}"
             out.write(line + "\n")
+    return 0
+
+
+def compact(
+    tables: Sequence[str] | None = None,
+    root: str | os.PathLike | None = None,
+    out: IO[str] | None = None,
+) -> int:
+    """`harness compact`: merge each table's parts; one line per table."""
+    out = out or sys.stdout
+    base = store.results_root(root)
+    unknown = [t for t in tables or () if t not in store.TABLES]
+    if unknown:
+        raise HarnessError(f"unknown table {unknown[0]!r}; valid: {', '.join(store.TABLES)}")
+    for c in store.compact_tables(tables or None, base):
+        if c.merged is None:
+            out.write(f"{c.table}: {c.parts_before} part(s), nothing to merge\n")
+        else:
+            out.write(
+                f"{c.table}: {c.parts_before} parts -> 1 ({c.rows} rows) in {c.seconds:.1f} s\n"
+            )
     return 0

@@ -49,12 +49,10 @@ def _checkpoints(spec: Any, root: Path) -> list[dict[str, Any]]:
 
 
 def stage_pretrain(spec: Any, root: Path, executor: str, echo: Echo) -> None:
-    from harness import pretrain
+    from harness import submit
 
     sub = spec.pretrain_spec()
-    jobs = pretrain.submit(
-        sub, executor, root=root, wait=False, echo=echo, cancel_on_interrupt=True
-    )
+    jobs = submit.submit(sub, executor, root=root, wait=False, echo=echo, cancel_on_interrupt=True)
     if jobs and executor == "slurm":
         wait_live(root, study_run_ids(spec), echo)
 
@@ -64,10 +62,10 @@ def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -
     from rich.live import Live
     from rich.table import Table
 
-    from harness import query
+    from harness import ledger
 
     def snapshot() -> dict[str, int]:
-        states = {r["run_id"]: r["status"] for r in query.run_states(root)}
+        states = {r["run_id"]: r["status"] for r in ledger.run_states(root)}
         counts: dict[str, int] = {}
         for rid in run_ids:
             s = states.get(rid, "submitted")
@@ -82,7 +80,9 @@ def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -
         return t
 
     def active(c: dict[str, int]) -> bool:
-        return any(c.get(s, 0) for s in ("pending", "running", "requeued", "submitted"))
+        return any(
+            c.get(s, 0) for s in ("pending", "running", "requeued", "completing", "submitted")
+        )
 
     def line(c: dict[str, int]) -> str:
         return "pre-training runs: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
@@ -390,6 +390,9 @@ def run(
     for i, (name, fn) in enumerate(stages, 1):
         echo(f"[{i}/5] {name}")
         fn()
+    line = store.compaction_line(store.compact_tables(None, base))
+    if line:  # before the report: the report's fingerprint is the list of parts
+        echo(line)
     echo("[5/5] correlations and report")
     paths = stage_report(spec, base, echo)
     echo(f"done in {time.perf_counter() - t0:.0f} s")

@@ -11,6 +11,7 @@ same pending trials restores it (``Tuner.restore``, errored trials restarted).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 from harness import store
 from harness.errors import HarnessError
+from harness.fileio import atomic_write_text
 
 AUTO = "auto"
 LAYER_METHODS = ("layer", "scl")
@@ -35,9 +37,7 @@ def select_checkpoints(spec: Any, root: str | os.PathLike | None) -> list[dict[s
 
     out: dict[str, dict[str, Any]] = {}
     if spec.checkpoints.query:
-        from harness import query
-
-        table = query.execute(spec.checkpoints.query, root)
+        table = store.execute(spec.checkpoints.query, root)
         if "checkpoint" not in table.column_names:
             raise HarnessError(
                 f"checkpoints.query must return a 'checkpoint' column; got {', '.join(table.column_names)}"
@@ -59,7 +59,6 @@ def select_checkpoints(spec: Any, root: str | os.PathLike | None) -> list[dict[s
 def _downstream_nc1(checkpoint: str, dataset: str, root, limit: int = 2000) -> dict[str, float]:
     """nc1 (pinv) of every layer of the *pre-trained* checkpoint on the downstream train split,
     from the `nc` table; measured now (and stored) when missing."""
-    from harness import query
     from harness.measure import MeasureSpec, measure
 
     # measurements of the pre-trained checkpoint only (fine-tuning trials also write NC rows for
@@ -71,13 +70,13 @@ def _downstream_nc1(checkpoint: str, dataset: str, root, limit: int = 2000) -> d
         "QUALIFY row_number() OVER (PARTITION BY layer ORDER BY n DESC, run_id) = 1"
     ).format(c=checkpoint.replace("'", "''"), d=dataset.replace("'", "''"))
     if store.parts("nc", root):
-        rows = query.execute(sql, root).to_pylist()
+        rows = store.execute(sql, root).to_pylist()
         if rows:
             return {r["layer"]: r["value"] for r in rows}
     measure(
         MeasureSpec(dataset=dataset, checkpoint=checkpoint, split="train", limit=limit), root=root
     )
-    return {r["layer"]: r["value"] for r in query.execute(sql, root).to_pylist()}
+    return {r["layer"]: r["value"] for r in store.execute(sql, root).to_pylist()}
 
 
 def auto_layer(checkpoint: str, dataset: str, root) -> tuple[str, str]:
@@ -151,14 +150,29 @@ def expand(spec: Any, root) -> list[dict[str, Any]]:
 
 
 def done_trials(root) -> set[str]:
-    """Trial ids that already have a `finetune` row (done or failed with a recorded reason)."""
-    if not store.parts("finetune", root):
-        return set()
-    con = store.connect(root)
+    """Trial ids that already have a `finetune` row (done or failed with a recorded reason):
+    one query for the whole sweep (the ledger's answer)."""
+    from harness import ledger
+
+    return ledger.recorded_trials(root)
+
+
+PENDING_FILE = "harness-pending.txt"
+
+
+@functools.cache
+def _pending_ids(path: str, mtime_ns: int) -> frozenset[str]:
+    return frozenset(Path(path).read_text().split())
+
+
+def _is_pending(experiment: str, tid: str) -> bool:
+    """Whether the driver that started (or restored) this experiment still had ``tid`` to run:
+    read once per worker from the experiment folder, never by scanning the store."""
+    path = Path(experiment) / PENDING_FILE
     try:
-        return {r[0] for r in con.execute("SELECT DISTINCT trial_id FROM finetune").fetchall()}
-    finally:
-        con.close()
+        return tid in _pending_ids(str(path), path.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return True
 
 
 def _trainable(config: dict[str, Any]) -> None:
@@ -171,7 +185,9 @@ def _trainable(config: dict[str, Any]) -> None:
     root = config["root"]
     meta = config["t"]["meta"]
     tid = meta["trial_id"]
-    if tid in done_trials(root):  # a restored experiment re-offering a recorded trial
+    if not _is_pending(
+        config["experiment"], tid
+    ):  # a restored experiment re-offering a recorded trial
         tune.report({"val_acc": float("nan"), "skipped": 1})
         return
     trial = config["t"]["trial"]
@@ -266,8 +282,87 @@ def _nc_rows_after(
     return rows
 
 
+def _init_ray(address: str | None, echo: Any) -> None:
+    """Start local Ray (all cores) or join ``address``; quiet output, SIGTERM as Ctrl-C."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own one-line summaries instead
+    import logging
+
+    import ray
+
+    from harness import launch
+
+    if not ray.is_initialized():
+        where = dict(address=address) if address else dict(num_cpus=os.cpu_count() or 1)
+        ray.init(
+            **where, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+        )
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    launch.sigterm_as_interrupt()  # ray.init installs a handler that aborts the driver
+    echo(
+        f"ray: {'cluster at ' + address if address else 'local'}, "
+        f"{int(ray.cluster_resources().get('CPU', 0))} CPUs on {len(ray.nodes())} node(s)"
+    )
+
+
+def _experiment(spec: Any, base: Path, pending: list[dict[str, Any]]) -> Path:
+    """The experiment folder of this pending set, with the set written into it."""
+    ids = sorted(t["trial_id"] for t in pending)
+    digest = hashlib.sha256(",".join(ids).encode()).hexdigest()[:10]
+    path = base / "ray" / f"{spec.name}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / PENDING_FILE, "\n".join(ids) + "\n")
+    return path
+
+
+def _tuner(spec: Any, base: Path, path: Path, pending: list[dict[str, Any]], echo: Any) -> Any:
+    """A new Tuner over the pending trials, or the interrupted one restored."""
+    from ray import tune
+
+    trainable = tune.with_resources(_trainable, {"cpu": spec.cpus_per_trial})
+    metas = ("trial_id", "run_id", "arch", "layer_choice")
+    space = {
+        "t": tune.grid_search(
+            [{"trial": t["trial"], "meta": {k: t[k] for k in metas}} for t in pending]
+        ),
+        "root": str(base),
+        "experiment": str(path),
+    }
+    if tune.Tuner.can_restore(str(path)):
+        echo(f"restoring interrupted experiment {path}")
+        return tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, restart_errored=True, param_space=space
+        )
+    scheduler = None
+    if spec.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            metric="val_acc",
+            mode="max",
+            grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+            max_t=max(t["trial"]["epochs"] for t in pending),
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        # reuse_actors: a worker keeps torch/timm imported and its activation cache warm
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler, reuse_actors=True, max_concurrent_trials=spec.max_concurrent
+        ),
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(path.parent),
+            verbose=0,
+            failure_config=tune.FailureConfig(fail_fast=False),
+        ),
+    )
+
+
 def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict[str, int]:
-    """Run the sweep's pending trials on Ray Tune; return counts (pending, ran, failed, skipped)."""
+    """Run the sweep's pending trials on Ray Tune; compact what they wrote; return counts."""
     base = store.results_root(root).resolve()
     trials = expand(spec, base)
     done = done_trials(base)
@@ -277,92 +372,17 @@ def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict
     )
     if not pending:
         return dict(total=len(trials), ran=0, failed=0)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own one-line summaries instead
-    import logging
-
-    import ray
-    from ray import tune
-
-    if not ray.is_initialized():
-        if address:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        else:
-            ray.init(
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    from harness import launch
-
-    launch.sigterm_as_interrupt()  # ray.init installs a handler that aborts the driver
-    echo(
-        f"ray: {'cluster at ' + address if address else 'local'}, "
-        f"{int(ray.cluster_resources().get('CPU', 0))} CPUs on {len(ray.nodes())} node(s)"
-    )
-    digest = hashlib.sha256(",".join(sorted(t["trial_id"] for t in pending)).encode()).hexdigest()[
-        :10
-    ]
-    storage = base / "ray"
-    path = storage / f"{spec.name}-{digest}"
-    trainable = tune.with_resources(_trainable, {"cpu": spec.cpus_per_trial})
-    space = {
-        "t": tune.grid_search(
-            [
-                {
-                    "trial": t["trial"],
-                    "meta": {k: t[k] for k in ("trial_id", "run_id", "arch", "layer_choice")},
-                }
-                for t in pending
-            ]
-        ),
-        "root": str(base),
-    }
-    if tune.Tuner.can_restore(str(path)):
-        echo(f"restoring interrupted experiment {path}")
-        tuner = tune.Tuner.restore(
-            str(path), trainable, resume_unfinished=True, restart_errored=True, param_space=space
-        )
-    else:
-        scheduler = None
-        if spec.scheduler == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(
-                metric="val_acc",
-                mode="max",
-                grace_period=spec.grace_period,
-                reduction_factor=spec.reduction_factor,
-                max_t=max(t["trial"]["epochs"] for t in pending),
-            )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            # reuse_actors: a worker keeps torch/timm imported and its activation cache warm
-            tune_config=tune.TuneConfig(
-                scheduler=scheduler, reuse_actors=True, max_concurrent_trials=spec.max_concurrent
-            ),
-            run_config=tune.RunConfig(
-                name=path.name,
-                storage_path=str(storage),
-                verbose=0,
-                failure_config=tune.FailureConfig(fail_fast=False),
-            ),
-        )
-    grid = tuner.fit()
+    _init_ray(address, echo)
+    path = _experiment(spec, base, pending)
+    grid = _tuner(spec, base, path, pending, echo).fit()
     failed = sum(1 for r in grid if r.error is not None)
     echo(
         f"ran {len(grid)} trials: {len(grid) - failed} done, {failed} failed "
         f"(rows in {base / 'finetune'}; experiment {path})"
     )
+    line = store.compaction_line(store.compact_tables(("finetune", "nc", "runs"), base))
+    if line:
+        echo(line)
     return dict(total=len(trials), ran=len(grid), failed=failed)
 
 

@@ -1,0 +1,131 @@
+"""Analysis: correlations of NC metrics with accuracy, transferability scores, plots and the report.
+
+One module per part, each usable on its own; this package re-exports their public names, so
+``from harness import analysis; analysis.correlate(...)`` is the way in:
+
+* ``stats``: Pearson, Spearman, Kendall τ and weighted Kendall τ from ``scipy.stats`` with
+  p-values and seeded bootstrap intervals, OLS, per group and pooled (``correlation_stats``,
+  ``correlate_groups``, ``group_stats``).
+* ``scores``: transferability scores (LogME, LEEP, NCTI parts, NC metrics of pre-trained
+  features) written to the ``scores`` table; ``combine_parts``, ``rank_eval``, ``ranking_rows``.
+* ``views``: the saved queries of ``analysis/*.sql`` with their shared CTEs, and the analysis
+  view (``view_sql``) whose columns ``harness correlate`` resolves its metrics against.
+* ``correlation``: ``harness correlate`` (``correlate``, ``run_correlate``).
+* ``tables`` and ``plots``: Markdown/HTML tables and PNG figures.
+* ``report``: ``harness report``, Markdown + HTML with tables, figures and the SQL behind each
+  section (``build_sections``, ``write_report``).
+"""
+
+from harness.analysis.correlation import Correlation, correlate, run_correlate
+from harness.analysis.plots import budget_plot, layer_plot, scatter_plot
+from harness.analysis.report import (
+    BUDGET_COLUMNS,
+    DEFAULT_REPORT_DIR,
+    NO_DATA,
+    RANKING_COLUMNS,
+    SECTIONS,
+    ReportContext,
+    Section,
+    build_sections,
+    render_html,
+    render_markdown,
+    run_report,
+    write_report,
+)
+from harness.analysis.scores import (
+    NC_METRICS,
+    SCORES,
+    Score,
+    combine_parts,
+    compute_scores,
+    higher_is_better,
+    leep,
+    logme,
+    nc_scores,
+    ncti_parts,
+    rank_eval,
+    ranking_rows,
+    score_features,
+    score_rows,
+    write_scores,
+)
+from harness.analysis.stats import (
+    CORRELATIONS,
+    MIN_POINTS,
+    POOLINGS,
+    Pooling,
+    Statistic,
+    correlate_groups,
+    correlation_stats,
+    group_stats,
+)
+from harness.analysis.tables import Table, correlation_table, records_table
+from harness.analysis.views import (
+    ACC_METHODS,
+    ANALYSIS_DIR,
+    LAYER_COLUMNS,
+    LEVELS,
+    _fetch,
+    load_sql,
+    read_sql,
+    view_sql,
+    with_common,
+)
+from harness.errors import HarnessError
+
+__all__ = [
+    "ACC_METHODS",
+    "ANALYSIS_DIR",
+    "BUDGET_COLUMNS",
+    "CORRELATIONS",
+    "DEFAULT_REPORT_DIR",
+    "LAYER_COLUMNS",
+    "LEVELS",
+    "MIN_POINTS",
+    "NC_METRICS",
+    "NO_DATA",
+    "POOLINGS",
+    "RANKING_COLUMNS",
+    "SCORES",
+    "SECTIONS",
+    "Correlation",
+    "HarnessError",
+    "Pooling",
+    "ReportContext",
+    "Score",
+    "Section",
+    "Statistic",
+    "Table",
+    "_fetch",
+    "budget_plot",
+    "build_sections",
+    "combine_parts",
+    "compute_scores",
+    "correlate",
+    "correlate_groups",
+    "correlation_stats",
+    "correlation_table",
+    "group_stats",
+    "higher_is_better",
+    "layer_plot",
+    "leep",
+    "load_sql",
+    "logme",
+    "nc_scores",
+    "ncti_parts",
+    "rank_eval",
+    "ranking_rows",
+    "read_sql",
+    "records_table",
+    "render_html",
+    "render_markdown",
+    "run_correlate",
+    "run_report",
+    "scatter_plot",
+    "score_features",
+    "score_rows",
+    "view_sql",
+    "with_common",
+    "write_report",
+    "write_scores",
+]

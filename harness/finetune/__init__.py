@@ -1,0 +1,52 @@
+"""Fine-tuning a pre-trained backbone on a downstream dataset (DESIGN §4).
+
+Every method puts a fresh linear classifier on the backbone and trains some of it:
+
+- ``linear_probe``: the classifier only, on the penultimate (``pre_logits``) features;
+- ``full``: everything;
+- ``layer`` (Layer FT): block L and the classifier;
+- ``scl`` (SCL FT): block L and the classifier, which reads concat(pool(block L), pre_logits), a
+  skip connection from the fine-tuned block straight to the classifier.
+
+A backbone is split into an ordered list of ``Stage``s (``stages``: a registry keyed by timm model
+class) so that the frozen prefix before the first trained stage, the trained block and the rest can
+run on their own (``methods``: ``Method`` and ``FinetuneNet``). Without augmentation the frozen
+prefix is deterministic, so its outputs are computed once per (checkpoint, data, stage) and kept in
+an ``ActivationCache`` (``cache``: RAM up to a budget, then memory-mapped files on disk), shared by
+every epoch and every later trial of the process. ``trial`` holds ``TrialConfig`` and ``run_trial``.
+"""
+
+from harness.finetune.cache import (
+    CACHE_DIR_ENV,
+    CACHE_MB_ENV,
+    DEFAULT_CACHE_MB,
+    ActivationCache,
+    Activations,
+    default_cache,
+)
+from harness.finetune.methods import METHODS, FinetuneNet, Method, build_net
+from harness.finetune.stages import DECOMPOSERS, Stage, decompose, register_stages, run_stages
+from harness.finetune.trial import EVAL_BATCH, NC_MAX_SAMPLES, ROW_COLUMNS, TrialConfig, run_trial
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "CACHE_MB_ENV",
+    "DECOMPOSERS",
+    "DEFAULT_CACHE_MB",
+    "EVAL_BATCH",
+    "METHODS",
+    "NC_MAX_SAMPLES",
+    "ROW_COLUMNS",
+    "ActivationCache",
+    "Activations",
+    "FinetuneNet",
+    "Method",
+    "Stage",
+    "TrialConfig",
+    "build_net",
+    "decompose",
+    "default_cache",
+    "register_stages",
+    "run_stages",
+    "run_trial",
+]

@@ -1,0 +1,165 @@
+"""Fine-tuning methods (DESIGN §4) and the network each one trains.
+
+A ``Method`` says which stages of a backbone train; ``FinetuneNet`` is a backbone, run as stages,
+plus a fresh linear classifier, with everything before the first trained stage frozen so that its
+output can be cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness import models
+from harness.errors import HarnessError
+from harness.finetune.stages import Stage, decompose, run_stages
+
+
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning method: which stages train (given the stages and block L's index), and
+    whether the classifier also reads block L (the SCL skip connection)."""
+
+    name: str
+    needs_layer: bool
+    trains: Callable[[list[Stage], int | None], set[int]]
+    skip: bool = False
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("linear_probe", False, lambda st, L: set(), doc="classifier on frozen features"),
+        Method("full", False, lambda st, L: set(range(len(st))), doc="every parameter"),
+        Method("layer", True, lambda st, L: {L}, doc="block L + classifier"),
+        Method("scl", True, lambda st, L: {L}, skip=True, doc="block L + classifier on [L, pre]"),
+    )
+}
+
+
+def _layer_index(stages: list[Stage], method: Method, layer: str | None) -> int | None:
+    """Index of block L among ``stages``: a selectable stage when ``method`` needs one, else
+    None (and ``layer`` must be None)."""
+    blocks = [s.name for s in stages if s.selectable]
+    if (layer is not None) != method.needs_layer or (layer and layer not in blocks):
+        need = f"one of {', '.join(blocks)}" if method.needs_layer else "none"
+        raise HarnessError(f"method {method.name}: layer {layer!r}; it takes {need}")
+    return [s.name for s in stages].index(layer) if layer is not None else None
+
+
+def _train_only(backbone: nn.Module, stages: list[Stage]) -> None:
+    """Gradients only for the parameters of ``stages``; the backbone starts in eval mode."""
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    for st in stages:
+        for p in st.parameters():
+            p.requires_grad_(True)
+    backbone.eval()
+
+
+class FinetuneNet(nn.Module):
+    """A backbone (run as stages) plus a fresh linear classifier, set up for one method.
+
+    Stages before ``start`` (the first trained stage) are frozen: ``prefix`` runs them in eval
+    mode without gradients, and their output is what ``forward`` takes (and what the activation
+    cache stores). Frozen stages stay in eval mode also under ``train()``."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        method: str,
+        layer: str | None,
+        num_classes: int,
+        example: torch.Tensor,
+        pool: str = "cls",
+    ):
+        super().__init__()
+        if method not in METHODS:
+            raise HarnessError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        self.backbone = backbone
+        self.method = METHODS[method]
+        self.pool = pool
+        self.n_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0) or 0)
+        self.stages = decompose(backbone)
+        self.layer = layer
+        self.layer_index = _layer_index(self.stages, self.method, layer)
+        self.trainable = sorted(self.method.trains(self.stages, self.layer_index))
+        self.start = self.trainable[0] if self.trainable else len(self.stages)
+        _train_only(backbone, [self.stages[i] for i in self.trainable])
+        self.classifier = nn.Linear(self._classifier_width(example), num_classes)
+        self.train()
+
+    @torch.no_grad()
+    def _classifier_width(self, example: torch.Tensor) -> int:
+        """Width of the classifier input, from a dry run of ``example``."""
+        h = run_stages(self.stages, example, 0, self.start)
+        return self.classifier_input(self.features(h)).shape[1]
+
+    def train(self, mode: bool = True) -> FinetuneNet:
+        super().train(mode)
+        trains = set(self.trainable)
+        for i, st in enumerate(self.stages):
+            st.train(mode and i in trains)
+        # timm's ResNet.forward_head reads the container's own flag (head dropout): it belongs
+        # to the head stage.
+        self.backbone.training = mode and len(self.stages) - 1 in trains
+        return self
+
+    @torch.no_grad()
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen stages before ``start`` (deterministic: eval mode, no grad)."""
+        return run_stages(self.stages, x, 0, self.start).float()
+
+    def features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """From the prefix output: {block L: pooled output (when L is set), pre_logits: ...}."""
+        out: dict[str, torch.Tensor] = {}
+        for i in range(self.start, len(self.stages)):
+            h = self.stages[i].run(h)
+            if i == self.layer_index:
+                out[self.stages[i].name] = models._pool(h, self.pool, self.n_prefix_tokens)
+        out[models.PRE_LOGITS] = h.flatten(1)
+        return out
+
+    def classifier_input(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """pre_logits, or concat(pool(block L), pre_logits) for the skip connection."""
+        if self.method.skip:
+            return torch.cat([feats[self.layer], feats[models.PRE_LOGITS]], dim=1)
+        return feats[models.PRE_LOGITS]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the prefix output ``h`` (the input itself when nothing is frozen first)."""
+        return self.classifier(self.classifier_input(self.features(h)))
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the tensors training can change (trained stages, classifier)."""
+        own = {id(t) for i in self.trainable for t in self.stages[i].tensors()}
+        own |= {id(t) for t in [*self.classifier.parameters(), *self.classifier.buffers()]}
+        state = self.state_dict(keep_vars=True)
+        return {k: v.detach().clone() for k, v in state.items() if id(v) in own}
+
+
+def build_net(
+    model: nn.Module,
+    method: str,
+    layer: str | None,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    pool: str = "cls",
+) -> FinetuneNet:
+    """The fine-tuning network of ``model`` (a ``PretrainNet`` or a timm model; its own head is
+    dropped) for ``method``; ``input_shape`` (C, H, W) sizes the classifier by a dry run."""
+    backbone = model.backbone if isinstance(model, models.PretrainNet) else model
+    backbone.reset_classifier(0)
+    example = torch.zeros(1, *input_shape)
+    try:
+        return FinetuneNet(backbone, method, layer, num_classes, example, pool)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HarnessError(
+            f"{type(backbone).__name__} cannot run on {'×'.join(map(str, input_shape))} "
+            f"inputs: {first[:160]}"
+        ) from None

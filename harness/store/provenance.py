@@ -1,0 +1,152 @@
+"""Provenance: run ids (hash of the canonical config), git state, package versions, SLURM ids;
+one ``runs`` row per attempt."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.store.parts import append
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """Key-sorted, whitespace-free JSON: the form a run id is hashed from."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_id(config: Mapping[str, Any]) -> str:
+    """sha256 of the canonical config JSON (first 16 hex digits)."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+_PACKAGES = (
+    "harness",
+    "torch",
+    "torchvision",
+    "timm",
+    "submitit",
+    "ray",
+    "numpy",
+    "pyarrow",
+    "duckdb",
+)
+
+
+@functools.cache
+def _versions() -> str:
+    return json.dumps(package_versions(), sort_keys=True)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results (read from metadata, not imported)."""
+    out = {}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_state(path: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
+    """(commit sha, dirty flag) of the checkout holding the harness package, or (None, None).
+    Asked once per process (every trial of a Ray worker shares the answer)."""
+    return _git_state(str(Path(path).resolve()) if path else str(Path(__file__).resolve().parent))
+
+
+@functools.cache
+def _git_state(where: str) -> tuple[str | None, bool | None]:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
+        )
+        if sha.returncode != 0:
+            return None, None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return sha.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Provenance:
+    """Where and how a run executed; becomes one row of the ``runs`` table per attempt."""
+
+    run_id: str
+    kind: str
+    config: str
+    git_sha: str | None
+    git_dirty: bool | None
+    slurm_job_id: str | None
+    slurm_array_job_id: str | None
+    slurm_array_task_id: str | None
+    slurm_restart_count: int | None
+    host: str
+    versions: str
+    started_at: dt.datetime
+
+    @classmethod
+    def collect(cls, config: Mapping[str, Any], kind: str) -> Provenance:
+        env = os.environ
+        sha, dirty = git_state()
+        restart = env.get("SLURM_RESTART_COUNT")
+        return cls(
+            run_id=run_id(config),
+            kind=kind,
+            config=canonical_json(config),
+            git_sha=sha,
+            git_dirty=dirty,
+            slurm_job_id=env.get("SLURM_JOB_ID"),
+            slurm_array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
+            slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
+            slurm_restart_count=int(restart) if restart and restart.isdigit() else None,
+            host=socket.gethostname(),
+            versions=_versions(),
+            started_at=utcnow(),
+        )
+
+    def row(
+        self,
+        status: str,
+        *,
+        error: str | None = None,
+        log_path: str | None = None,
+        attempt: int | None = None,
+    ) -> dict[str, Any]:
+        """The ``runs`` row for this attempt with its final status."""
+        d = dict(self.__dict__)
+        d.update(
+            status=status,
+            error=error,
+            log_path=log_path,
+            attempt=attempt if attempt is not None else (self.slurm_restart_count or 0),
+            ended_at=utcnow() if status != "running" else None,
+        )
+        return d
+
+
+def record_run(
+    prov: Provenance, status: str, root: str | os.PathLike | None = None, **kw: Any
+) -> Path | None:
+    """Append the provenance row of one attempt to ``runs``."""
+    return append("runs", [prov.row(status, **kw)], root)
