@@ -120,7 +120,7 @@ def bench_store(tmp: Path, n_parts: int, env: dict[str, str]) -> None:
     print(f"wrote {n_parts:,} parts through store.append: {time.perf_counter() - t:6.1f} s")
     e = dict(env, HARNESS_RESULTS=str(root))
     sql = (
-        "SELECT dataset, method, per_class, count(*) AS n, avg(test_acc) AS acc "
+        "SELECT dataset, method, per_class, count(*) AS n, round(avg(test_acc), 9) AS acc "
         "FROM finetune GROUP BY ALL ORDER BY ALL"
     )
     s1, rss1, out1 = run([HARNESS, "query", sql, "--format", "csv"], e)

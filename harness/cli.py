@@ -81,6 +81,11 @@ class Submit(Command):
         p.add_argument(
             "--hold", action="store_true", help="submit SLURM jobs held (release: scontrol release)"
         )
+        p.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="submit failed runs again (pre-training always does: every run not done)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from harness import config, submit
@@ -89,21 +94,30 @@ class Submit(Command):
         overrides = [f"resources.{k}={v}" for k, v in flags if v is not None] + args.set
         spec = config.load_spec(args.spec, overrides)
         executor = args.executor or spec.executor
-        submit.submit(spec, executor, root=args.results, wait=args.wait, hold=args.hold)
+        submit.submit(
+            spec,
+            executor,
+            root=args.results,
+            wait=args.wait,
+            hold=args.hold,
+            retry_failed=args.retry_failed,
+        )
         return 0
 
 
-class Status(Command):
-    name = "status"
-    help = "runs by status (pending / running / requeued / failed / done)"
+class QueryFlag(Command):
+    """A store command with one on/off option: calls ``query.<name>(results, flag)``."""
+
+    def __init__(self, name: str, help: str, flag: str, flag_help: str) -> None:
+        self.name, self.help, self.flag, self.flag_help = name, help, flag, flag_help
 
     def arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--all", action="store_true", help="list every run, not only the counts")
+        p.add_argument(f"--{self.flag}", action="store_true", help=self.flag_help)
 
     def run(self, args: argparse.Namespace) -> int:
         from harness import query
 
-        return query.status(args.results, show_all=args.all)
+        return getattr(query, self.name)(args.results, getattr(args, self.flag))
 
 
 class Measure(Command):
@@ -156,17 +170,25 @@ class Sweep(Command):
         p.add_argument("--time", type=int, default=60, help="with --slurm: time limit in minutes")
         p.add_argument("--partition", help="with --slurm: partition")
         p.add_argument("--wait", action="store_true", help="with --slurm: wait for the allocation")
+        p.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="run trials recorded as failed again (their new row supersedes the old)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from harness import config, sweep
 
         spec = config.load_spec(args.spec, args.set, kind=config.SweepSpec)
         if args.slurm:
-            slurm = {k: getattr(args, k) for k in ("nodes", "cpus_per_task", "partition", "wait")}
+            keys = ("nodes", "cpus_per_task", "partition", "wait", "retry_failed")
+            slurm = {k: getattr(args, k) for k in keys}
             return sweep.submit_slurm(
                 args.spec, args.set, root=args.results, time_min=args.time, **slurm
             )
-        counts = sweep.run(spec, root=args.results, address=args.address)
+        counts = sweep.run(
+            spec, root=args.results, address=args.address, retry_failed=args.retry_failed
+        )
         return 1 if counts["failed"] else 0
 
 
@@ -288,11 +310,22 @@ class Run(Command):
 
 COMMANDS: tuple[Command, ...] = (
     Submit(),
-    Status(),
+    QueryFlag(
+        "status",
+        "runs by status (pending / running / requeued / failed / done)",
+        "all",
+        "list every run, not only the counts",
+    ),
     Measure(),
     Sweep(),
     Query(),
     Compact(),
+    QueryFlag(
+        "doctor",
+        "list damaged parts, job records and checkpoints; --fix moves them to quarantine",
+        "fix",
+        "move them to <results>/quarantine/ (nothing is deleted)",
+    ),
     Correlate(),
     Report(),
     Run(),
@@ -316,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _results_arg(args: argparse.Namespace) -> str:
+    """The results root a command was given (as ``harness.store.results_root`` reads it)."""
+    import os
+
+    return getattr(args, "results", None) or os.environ.get("HARNESS_RESULTS") or "results"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -323,6 +363,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as e:
         print(f"harness: {e}", file=sys.stderr)
         return e.code
+    except Exception as e:  # a full disk anywhere (a folder, a log, a lock): one line, exit 1
+        from harness.fileio import disk_full_cause, disk_full_message
+
+        cause = disk_full_cause(e)
+        if cause is None:
+            raise
+        where = cause.filename or _results_arg(args)
+        print(f"harness: {disk_full_message(where, cause.errno)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130

@@ -24,11 +24,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
 
+from harness import bounds
 from harness.errors import HarnessError
 
 Loc = tuple[str | int, ...]
@@ -121,9 +123,18 @@ def _choices(names: Iterable[str]) -> str:
 
 
 class _Spec(BaseModel):
-    """Common base: unknown keys are errors, and ``from_dict`` gives one-line errors."""
+    """Common base: unknown keys are errors, every numeric field (and loss or dataset option)
+    lies in its range in ``harness.bounds``, and ``from_dict`` gives one-line errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _in_range(cls, v: Any, info: ValidationInfo) -> Any:
+        bad = None if v is None else bounds.problem(info.field_name or "", v)
+        if bad is not None:
+            raise _SpecError(*bad)
+        return v
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> Self:
@@ -146,19 +157,19 @@ class PretrainConfig(_Spec):
     loss: str = "ce"
     loss_kwargs: dict[str, float] = {}
     augment: Literal["none", "weak", "strong"] = "none"
-    head_depth: int = Field(0, ge=0, le=3)
-    head_dim: int = Field(128, ge=1)
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=1)  # global batch, across all ranks
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    head_depth: int = 0
+    head_dim: int = 128
+    epochs: int = 5
+    batch_size: int = 128  # global batch, across all ranks
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
     seed: int = 0
-    per_class: int | None = Field(None, ge=1)
-    limit: int | None = Field(None, ge=1)
+    per_class: int | None = None
+    limit: int | None = None
     nc_layers: str = "all"
     nc_split: Literal["train", "val", "test"] = "train"
-    nc_limit: int | None = Field(5000, ge=1)
+    nc_limit: int | None = 5000
 
     @field_validator("arch")
     @classmethod
@@ -227,16 +238,19 @@ class PretrainConfig(_Spec):
 class Resources(_Spec):
     """What each job of a submission asks the scheduler for."""
 
-    nodes: int = Field(1, ge=1)
-    tasks_per_node: int = Field(1, ge=1)
-    cpus_per_task: int = Field(1, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    timeout_min: int = Field(60, ge=1)
+    nodes: int = 1
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    timeout_min: int = 60
     partition: str | None = None
-    signal_delay_s: int = Field(90, ge=0)
-    max_num_timeout: int = Field(3, ge=0)
+    signal_delay_s: int = 90
+    max_num_timeout: int = 3
     requeue: bool = True
-    array_parallelism: int = Field(16, ge=1)
+    array_parallelism: int = 16
+    # retries of a run whose process or node died (signal, OOM kill, node failure); a
+    # deterministic failure (exception, NaN loss, invalid config) is recorded once
+    max_retries: int = 2
 
 
 class SubmitSpec(_Spec):
@@ -410,13 +424,16 @@ class SweepSpec(_Spec):
     grid: dict[str, Any] = {}
     include: list[dict[str, Any]] = []  # extra trial points over base, not crossed with the grid
     search: Literal["grid", "random"] = "grid"
-    num_samples: int = Field(1, ge=1)
+    num_samples: int = 1
     search_seed: int = 0
     scheduler: Literal["none", "asha"] = "none"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: int = Field(2, ge=2)
-    cpus_per_trial: float = Field(1.0, gt=0)
-    max_concurrent: int | None = Field(None, ge=1)
+    grace_period: int = 1
+    reduction_factor: int = 2
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    # retries of a trial whose process or node died (signal, OOM kill, node failure, lost Ray
+    # worker); a deterministic failure (exception, NaN loss, invalid config) is recorded once
+    max_retries: int = 2
 
     @model_validator(mode="after")
     def _valid_grid(self) -> Self:
@@ -428,10 +445,32 @@ class SweepSpec(_Spec):
                     raise _SpecError(
                         ("grid", key), f"distribution must be one of {', '.join(DISTRIBUTIONS)}"
                     )
+                ((kind, arg),) = values.items()
+                if (bad := bounds.distribution_problem(key, kind, arg)) is not None:
+                    raise _SpecError(("grid", key, kind), bad)
             elif not isinstance(values, list) or not values:
                 raise _SpecError(("grid", key), f"must be a non-empty list (got {values!r})")
         self._check_points()
+        self._check_values()
         return self
+
+    def _check_values(self) -> None:
+        """Every value a trial can take (in base, a grid list or distribution, an include entry)
+        passes the trial's own setting checks, so every point does."""
+        from harness.finetune.trial import setting_problem
+
+        found: list[tuple[Loc, str, Any]] = [(("base", k), k, v) for k, v in self.base.items()]
+        for key, values in self.grid.items():
+            at: Loc = ("grid", key)
+            if isinstance(values, dict):  # a distribution: its arguments
+                ((kind, values),) = values.items()
+                at += (kind,)
+            found += [((*at, i), key, v) for i, v in enumerate(values)]
+        for n, extra in enumerate(self.include):
+            found += [(("include", n, k), k, v) for k, v in extra.items()]
+        for where, key, value in found:
+            if (bad := setting_problem(key, value)) is not None:
+                raise _SpecError(where + bad[0], bad[1])
 
     def _check_points(self) -> None:
         """Every trial names a known method and dataset and only trial fields (the model-
@@ -494,18 +533,18 @@ class MeasureSettings(_Spec):
     """Downstream NC per layer of every checkpoint."""
 
     split: Literal["train", "val", "test"] = "train"
-    limit: int | None = Field(2000, ge=1)
+    limit: int | None = 2000
     layers: str = "all"
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = 256
 
 
 class ScoreSettings(_Spec):
-    limit: int | None = Field(2000, ge=1)
+    limit: int | None = 2000
 
 
 class ReportSettings(_Spec):
     out: str | None = None  # default reports/<study name>
-    bootstrap: int = Field(1000, ge=10)
+    bootstrap: int = 1000
     seed: int = 0
 
 

@@ -4,17 +4,65 @@ records, exports and reports; and a lock file that works on a shared file system
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+_AGAIN = "free space and run the same command again"
+
+
+def disk_full_cause(e: BaseException | None) -> OSError | None:
+    """The OSError of a full disk or quota (ENOSPC, EDQUOT) that is ``e`` or that ``e`` was
+    raised from (torch wraps the OSError of a file object in a RuntimeError); else None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def disk_full_message(path: str | os.PathLike, code: int | None = errno.ENOSPC) -> str:
+    """The one line that says ``path`` could not be written for want of space."""
+    return f"{path}: {DISK_FULL.get(code or errno.ENOSPC, DISK_FULL[errno.ENOSPC])}; {_AGAIN}"
+
+
+def disk_full_line(text: str, where: str | os.PathLike) -> str | None:
+    """The disk-full line in a failed job's error text: its own harness line when it has one,
+    else one naming the file in an OSError's text, or ``where``; None for other failures."""
+    lines = text.splitlines()
+    for ln in reversed(lines):
+        if ln.rstrip().endswith(_AGAIN):
+            return ln.split("HarnessError: ", 1)[-1].strip()
+    for ln in reversed(lines):
+        for code, words in DISK_FULL.items():
+            if words in ln.lower():
+                path = re.search(r"'(/[^']+)'", ln)
+                return disk_full_message(path.group(1) if path else where, code)
+    return None
+
 
 def atomic_write(
-    path: str | os.PathLike, writer: Callable[[Path], object], *, fsync: bool = False
+    path: str | os.PathLike,
+    writer: Callable[[Path], object],
+    *,
+    fsync: bool = False,
+    previous: str | os.PathLike | None = None,
 ) -> Path:
     """Call ``writer(tmp)`` on a temporary beside ``path``, then rename it to ``path``; the
-    temporary is removed if anything fails. ``fsync`` flushes the data before the rename."""
+    temporary is removed if anything fails. ``fsync`` flushes the data before the rename.
+
+    ``previous``: the file ``path`` held until now becomes ``previous`` (a hard link renamed
+    into place) before the new one is renamed over ``path``, so at every instant ``path`` and
+    then also ``previous`` hold complete files. A full disk or quota (at write, fsync or rename)
+    raises HarnessError naming ``path``, and leaves no temporary behind."""
+    from harness.errors import HarnessError
+
     dest = Path(path)
     tmp = dest.with_name(f".{dest.name}.tmp")
     try:
@@ -22,11 +70,39 @@ def atomic_write(
         if fsync:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+        if previous is not None:
+            _keep_previous(dest, Path(previous))
         os.replace(tmp, dest)
+    except Exception as e:
+        cause = disk_full_cause(e)
+        if cause is None:
+            raise
+        raise HarnessError(disk_full_message(dest, cause.errno), code=1) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return dest
+
+
+def _keep_previous(dest: Path, previous: Path) -> None:
+    """Make ``previous`` the file ``dest`` holds now (if any), atomically, keeping ``dest``."""
+    link = previous.with_name(f".{previous.name}.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(dest, link)
+    except FileNotFoundError:
+        return  # nothing to keep yet
+    except OSError as e:
+        if disk_full_cause(e) is not None:
+            raise
+        try:  # no hard links here: rename (``dest`` is briefly absent)
+            os.replace(dest, previous)
+        except FileNotFoundError:
+            pass
+        return
+    try:
+        os.replace(link, previous)
+    finally:
+        link.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

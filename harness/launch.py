@@ -260,6 +260,14 @@ def _expand(jid: str) -> list[str]:
     return out
 
 
+def job_records() -> int:
+    """Job records in the controller as MaxJobCount counts them: a pending array is one record,
+    and finished jobs count until ``MinJobAge`` has passed."""
+    if not shutil.which("squeue"):
+        return 0
+    return len(_run(["squeue", "-h", "--states=all", "-o", "%i"]).stdout.split())
+
+
 def queue_states(array_ids: set[str] | None = None) -> dict[str, str]:
     """Harness state of every live SLURM job task in the queue (``squeue -r``: arrays expanded,
     one line per task, every user), keyed by task id (``12_3``, or ``15`` for a plain job);

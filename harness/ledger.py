@@ -233,4 +233,26 @@ def _resubmitted(rec: JobRecord, row: dict[str, Any]) -> bool:
 
 def recorded_trials(root: str | os.PathLike | None = None) -> set[str]:
     """Fine-tuning trials that already have a row (done, or failed with its reason)."""
-    return store.recorded_trials(root)
+    return set(trial_states(root))
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """A trial's latest state in ``finetune`` (a done row wins: a trial is run again only while
+    its rows are failures) and how many rows it has (one per recorded attempt)."""
+
+    status: str
+    rows: int
+
+
+def trial_states(root: str | os.PathLike | None = None) -> dict[str, TrialState]:
+    """Every recorded trial's latest state, one query for the whole store."""
+    if not store.parts("finetune", store.results_root(root)):
+        return {}
+    rows = store.fetch(
+        "SELECT trial_id, bool_or(status = 'done'), count(*) FROM finetune GROUP BY trial_id",
+        None,
+        root,
+        ["finetune"],
+    )
+    return {t: TrialState("done" if done else "failed", n) for t, done, n in rows}

@@ -203,8 +203,11 @@ def save_checkpoint(
     model_kwargs: dict | None = None,
     meta: dict | None = None,
     extra: dict | None = None,
+    previous: str | os.PathLike | None = None,
 ) -> Path:
-    """Atomically write a checkpoint that ``load_checkpoint`` rebuilds with weights_only=True."""
+    """Atomically write (and fsync) a checkpoint that ``load_checkpoint`` rebuilds with
+    weights_only=True. ``previous``: where the file at ``path`` until now is kept (see
+    ``atomic_write``). A full disk is one HarnessError naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = dict(
@@ -218,7 +221,24 @@ def save_checkpoint(
         state_dict=model.state_dict(),
         **(extra or {}),
     )
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: a full disk surfaces as OSError(ENOSPC)
+            torch.save(obj, fh)
+
+    return atomic_write(path, write, fsync=True, previous=previous)
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's reason in a few words: its first sentence, or what the weights-only
+    unpickler objected to (a truncated file, garbage, an empty file)."""
+    text, lead = str(e), ""
+    if "WeightsUnpickler error:" in text:
+        text, lead = text.split("WeightsUnpickler error:", 1)[1], "unpickling failed: "
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not lead and " " not in first:  # a bare key or number says little without its type
+        lead = f"{type(e).__name__}: " if first else type(e).__name__
+    return (lead + first.split(". ")[0])[:160]
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -231,9 +251,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HarnessError(
-            f"checkpoint {path}: not a loadable torch checkpoint ({first[:160]})"
+            f"checkpoint {path}: not a loadable torch checkpoint ({_load_failure(e)})"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise HarnessError(

@@ -22,13 +22,21 @@ import submitit
 
 from harness import store
 from harness.errors import HarnessError
+from harness.fileio import disk_full_cause
 from harness.schedule import cosine_lr
 
-CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_NAME = "last.pt"  # the newest epoch checkpoint; the final one once the run is done
+PREVIOUS_NAME = "prev.pt"  # the one before it, kept in case ``last.pt`` turns out unreadable
 
 
 def _log(msg: str) -> None:
-    print(f"[harness.pretrain] {msg}", flush=True)
+    """One line to the job log; a log on a full disk loses the line, not the run (the next
+    checkpoint or result write reports the full disk)."""
+    try:
+        print(f"[harness.pretrain] {msg}", flush=True)
+    except OSError as e:
+        if disk_full_cause(e) is None:
+            raise
 
 
 class _TwoViews:
@@ -72,6 +80,7 @@ class _Run:
     loss_fn: Any
     views: int
     ckpt_path: Path
+    rotate: bool = True  # whether ``last.pt`` is good: the next save keeps it as ``prev.pt``
 
 
 def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -96,11 +105,20 @@ def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
         return _finish(run, root, last_loss, images_per_s, t0)
     except Exception as e:
         if dist.rank == 0:
-            line = " ".join(f"{type(e).__name__}: {e}".split())
-            store.record_run(prov, "failed", root, error=line[:500], log_path=_log_path())
+            _record_failure(prov, root, e)
         raise
     finally:
         launch.shutdown_distributed()
+
+
+def _record_failure(prov: Any, root: Any, e: Exception) -> None:
+    """The failed attempt's ``runs`` row. A store that cannot take it (a full disk) is only
+    logged: the job reports the error that failed the run."""
+    line = " ".join(f"{type(e).__name__}: {e}".split())
+    try:
+        store.record_run(prov, "failed", root, error=line[:500], log_path=_log_path())
+    except (HarnessError, OSError) as err:
+        _log(f"could not record the failed attempt: {err}")
 
 
 def _load_split(cfg: Any, split: str, **kw: Any) -> Any:
@@ -163,17 +181,63 @@ def _set_up(cfg: Any, config: dict[str, Any], prov: Any, dist: Any, ckpt_path: P
 
 
 def _resume(run: _Run) -> int:
-    """Load the last epoch checkpoint if there is one; return the epoch to start from."""
+    """Start from the newest readable epoch checkpoint: ``last.pt``, else ``prev.pt``, else
+    epoch 0. Which one, and why, goes to the log and to the run's ``runs`` row
+    (``resumed_from``); an unreadable checkpoint never fails the run (no requeue loop)."""
+    import copy
+
+    last = run.ckpt_path
+    if not last.exists() and not last.with_name(PREVIOUS_NAME).exists():
+        return 0  # a fresh run
+    initial = copy.deepcopy(run.net.state_dict()), copy.deepcopy(run.opt.state_dict())
+    why: list[str] = []
+    for path in (last, last.with_name(PREVIOUS_NAME)):
+        try:
+            epoch = _load(run, path)
+        except Exception as e:  # noqa: BLE001 - any failure means "not usable": try the next
+            run.net.load_state_dict(initial[0])
+            run.opt.load_state_dict(initial[1])
+            why.append(f"{path.name} {_unusable(e, path)}")
+            continue
+        note = f" ({'; '.join(why)})" if why else ""
+        run.prov.resumed_from = _one_line(f"{path.name} epoch {epoch}{note}")
+        run.rotate = path == last
+        _log(f"resumed {run.prov.run_id} from epoch {epoch} ({path}){note}")
+        return epoch
+    run.prov.resumed_from = _one_line(f"scratch (no readable checkpoint: {'; '.join(why)})")
+    run.rotate = False
+    _log(f"resumed {run.prov.run_id} from epoch 0: {run.prov.resumed_from}")
+    return 0
+
+
+def _load(run: _Run, path: Path) -> int:
+    """Load one epoch checkpoint of this run into the network and optimiser; its epoch."""
     from harness import models
 
-    if not run.ckpt_path.exists():
-        return 0
-    obj = models.read_checkpoint(run.ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    obj = models.read_checkpoint(path)
+    owner = obj.get("meta", {}).get("run_id")
+    if owner != run.prov.run_id:
+        raise HarnessError(f"checkpoint {path}: belongs to run {owner}")
+    epoch = int(obj["epoch"])
+    if not 0 <= epoch <= run.cfg.epochs:
+        raise HarnessError(f"checkpoint {path}: epoch {epoch} of {run.cfg.epochs}")
     run.net.load_state_dict(obj["state_dict"])
     run.opt.load_state_dict(obj["optimizer"])
-    start = int(obj["epoch"])
-    _log(f"resumed {run.prov.run_id} from epoch {start} ({run.ckpt_path})")
-    return start
+    return epoch
+
+
+def _unusable(e: Exception, path: Path) -> str:
+    """Why a checkpoint could not be used, in a few words ("missing", "unreadable: ...")."""
+    if isinstance(e, FileNotFoundError):
+        return "missing"
+    text = str(e).removeprefix(f"checkpoint {path}: ") or type(e).__name__
+    return f"unreadable: {text.splitlines()[0][:160]}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
 
 
 def _step_loss(run: _Run, model: Any, x: Any, y: Any) -> Any:
@@ -236,6 +300,7 @@ def _save(run: _Run, epochs_done: int, loss: float) -> None:
     from harness import models
 
     cfg, info = run.cfg, run.ds.info
+    keep = run.ckpt_path.with_name(PREVIOUS_NAME) if run.rotate else None
     models.save_checkpoint(
         run.ckpt_path,
         run.net,
@@ -246,7 +311,9 @@ def _save(run: _Run, epochs_done: int, loss: float) -> None:
         model_kwargs=dict(head_depth=cfg.head_depth, head_dim=cfg.head_dim),
         meta=dict(dataset=cfg.dataset, run_id=run.prov.run_id, config=run.config),
         extra=dict(optimizer=run.opt.state_dict(), epoch=epochs_done, loss=loss),
+        previous=keep,  # an unreadable last.pt is overwritten, never kept as prev.pt
     )
+    run.rotate = True
     _log(f"epoch {epochs_done}/{cfg.epochs} loss {loss:.4f}")
 
 
@@ -289,15 +356,16 @@ def _finish(
 
 
 def _record(run: _Run, root: Any, results: Any, n: int, summary: dict, wall_s: float) -> None:
-    """The run's rows: per-layer source NC, the `pretrain` row, and its `runs` row (done)."""
+    """The run's rows: per-layer source NC, the `pretrain` row, and its `runs` row (done), which
+    commits the run; tables a failed earlier attempt already wrote are not written again."""
     from harness import models
     from harness.measure import nc_rows
 
     cfg, ckpt = run.cfg, str(run.ckpt_path)
     rid = run.prov.run_id
-    store.append(
-        "nc",
-        nc_rows(
+    have = _recorded(run, root)
+    if "nc" not in have:
+        rows = nc_rows(
             results,
             n,
             run_id=rid,
@@ -306,16 +374,35 @@ def _record(run: _Run, root: Any, results: Any, n: int, summary: dict, wall_s: f
             dataset=cfg.dataset,
             split=cfg.nc_split,
             num_classes=run.ds.info.num_classes,
-        ),
-        root,
-    )
+        )
+        store.append("nc", rows, root)
     row = {k: getattr(cfg, k) for k in ("arch", "dataset", "loss", "augment", "head_depth")}
     row.update({k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr", "seed")})
     keep = ("train_acc", "test_acc", "final_loss", "world_size", "images_per_s")
     row.update({k: summary[k] for k in keep})
     row.update(run_id=rid, params=models.count_params(run.net), checkpoint=ckpt, wall_s=wall_s)
-    store.append("pretrain", [row], root)
+    if "pretrain" not in have:
+        store.append("pretrain", [row], root)
     store.record_run(run.prov, "done", root, log_path=_log_path())
+
+
+def _recorded(run: _Run, root: Any) -> set[str]:
+    """Which of `nc` and `pretrain` already hold this run's rows. Only a resumed attempt can
+    find some: one whose predecessor wrote a part and then failed (say, on a full disk) before
+    its `runs` row; it must not write them twice."""
+    rid, cfg = run.prov.run_id, run.cfg
+    if run.prov.resumed_from is None or not (
+        store.parts("nc", root) or store.parts("pretrain", root)
+    ):
+        return set()
+    ((n_nc, n_pre),) = store.fetch(
+        "SELECT (SELECT count(*) FROM nc WHERE run_id = $r AND dataset = $d AND split = $s),"
+        " (SELECT count(*) FROM pretrain WHERE run_id = $r)",
+        dict(r=rid, d=cfg.dataset, s=cfg.nc_split),
+        root,
+        ["nc", "pretrain"],
+    )
+    return {t for t, n in (("nc", n_nc), ("pretrain", n_pre)) if n}
 
 
 def _log_path() -> str | None:

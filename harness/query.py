@@ -161,3 +161,52 @@ def compact(
                 f"{c.table}: {c.parts_before} parts -> 1 ({c.rows} rows) in {c.seconds:.1f} s\n"
             )
     return 0
+
+
+def _damaged_records(base: os.PathLike) -> list[Any]:
+    """Job records that do not parse, and checkpoints that are not whole torch archives."""
+    import zipfile
+    from pathlib import Path
+
+    from harness import ledger
+
+    out = []
+    for p in sorted(ledger.jobs_dir(base).glob("*.json")):
+        try:
+            json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            out.append(store.Damage(p, "jobs", f"unreadable record ({_one(e)})"))
+    for p in sorted(Path(base, "checkpoints").glob("*/*.pt")):
+        try:
+            with zipfile.ZipFile(p) as z:
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile) as e:
+            bad = _one(e)
+        if bad:
+            out.append(store.Damage(p, "checkpoints", f"torn checkpoint ({bad})"))
+    return out
+
+
+def _one(e: BaseException) -> str:
+    return store.one_line(e)[:120]
+
+
+def doctor(
+    root: str | os.PathLike | None = None, fix: bool = False, out: IO[str] | None = None
+) -> int:
+    """`harness doctor`: list damaged parts, job records and checkpoints; ``fix`` moves them to
+    ``<root>/quarantine/`` (nothing is deleted). Exit 1 when damage remains."""
+    out = out or sys.stdout
+    base = store.results_root(root)
+    damaged = store.scan_damage(base) + _damaged_records(base)
+    for d in damaged:
+        out.write(f"damaged: {d.path} ({d.table}: {d.reason})\n")
+    if not damaged:
+        out.write(f"{base}: no damaged parts, job records or checkpoints\n")
+        return 0
+    if not fix:
+        out.write(f"{len(damaged)} damaged; `harness doctor --fix` moves them to quarantine\n")
+        return 1
+    moved = store.quarantine(base, damaged)
+    out.write(f"moved {len(moved)} to {base / store.QUARANTINE}\n")
+    return 0

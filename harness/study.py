@@ -372,14 +372,17 @@ def run(
     address: str | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
-    """`harness run`: every stage in order; each skips what the store says is done."""
-    from harness import launch
+    """`harness run`: every stage in order; each skips what the store says is done; first,
+    what a killed earlier run left running is stopped (its local jobs by the pre-training
+    stage)."""
+    from harness import launch, orphans
 
     base = store.results_root(root).resolve()
     requested = executor or (None if spec.executor == "auto" else spec.executor)
     kind, why = launch.choose_executor(requested)
     echo(f"harness run {spec.name}: executor {kind} ({why}); results {base}")
     launch.sigterm_as_interrupt()
+    orphans.reap_dead(orphans.guard_dir(base, "ray"), echo)  # a dead driver's Ray runtime
     t0 = time.perf_counter()
     stages = [
         ("pre-training", lambda: stage_pretrain(spec, base, kind, echo)),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import ledger, store
+from harness import ledger, orphans, store
 from harness.errors import HarnessError
 
 Echo = Callable[[str], None]
@@ -62,7 +62,12 @@ def array_chunks(n: int, max_array_size: int) -> list[range]:
 def check_capacity(n: int, limits: Any, queued: int) -> None:
     """One clear line, before anything is submitted, when the cluster cannot queue ``n`` jobs."""
     room = limits.max_job_count - queued
-    caps = [(room, f"MaxJobCount {limits.max_job_count} with {queued} jobs queued now")]
+    caps = [
+        (
+            room,
+            f"MaxJobCount {limits.max_job_count} with {queued} job records in the controller now",
+        )
+    ]
     if limits.max_submit_jobs is not None:
         caps.append((limits.max_submit_jobs, f"your MaxSubmitJobs {limits.max_submit_jobs}"))
     can, why = min(caps)
@@ -122,7 +127,7 @@ def _slurm(ex: Any, todo: list[Any], spec: Any, base: Path, hold: bool, echo: Ec
     from harness import launch
 
     limits = launch.slurm_limits()
-    queued = len(launch.queue_states())
+    queued = launch.job_records()
     check_capacity(len(todo), limits, queued)
     chunks = array_chunks(len(todo), limits.max_array_size)
     par = spec.resources.array_parallelism
@@ -168,12 +173,16 @@ def submit(
     hold: bool = False,
     echo: Echo = print,
     cancel_on_interrupt: bool = True,
+    retry_failed: bool = True,
 ) -> list[Any]:
     """Submit every run of ``spec`` (a ``SubmitSpec``) that is neither done nor live.
 
     ``slurm`` submits job arrays and returns (``wait`` to block; ``hold`` submits them held);
-    ``local`` runs jobs in waves that fit this machine's cores and waits; ``debug`` runs them in
-    this process. Returns the submitted submitit jobs (empty when everything is done or live).
+    ``local`` runs jobs in waves that fit this machine's cores and waits (a job whose process
+    died is submitted again, up to ``resources.max_retries`` times); ``debug`` runs them in
+    this process. Local jobs left by a submitter that died are stopped first. Failed runs are
+    always submitted again (``retry_failed`` is accepted for symmetry with the sweep). Returns
+    the submitted submitit jobs (empty when everything is done or live).
     """
     from harness import launch
 
@@ -184,6 +193,7 @@ def submit(
     preflight(runs)
     by_id = {c.run_id(): c for c in runs}
     folder = base / "logs" / spec.name
+    orphans.reap_dead(orphans.guard_dir(base, "local"), echo)
     with ledger.submit_lock(base):
         p = ledger.plan(base, list(by_id))
         echo(
@@ -209,29 +219,79 @@ def submit(
     if kind == "slurm":
         echo(f"logs: {folder}")
         if wait:
-            _raise_failed(_wait(jobs, echo), len(jobs))
+            _raise_failed(_wait(jobs, echo), len(jobs), base)
         return jobs
     jobs = _run_waves(ex, todo, spec, base, kind, echo, cancel_on_interrupt)
     echo(f"logs: {folder}")
     return jobs
 
 
-def _raise_failed(failed: int, total: int) -> None:
+def _raise_failed(failed: list[str], total: int, base: Path) -> None:
+    """One line for the failed jobs (their error texts): a full disk's own line (free space,
+    run again), else how many failed."""
+    from harness.fileio import disk_full_line
+
+    full = [line for line in (disk_full_line(t, base) for t in failed) if line]
+    if full:
+        raise HarnessError(full[0], code=1)
     if failed:
-        raise HarnessError(f"{failed} of {total} jobs failed (see `harness status`)", code=1)
+        raise HarnessError(f"{len(failed)} of {total} jobs failed (see `harness status`)", code=1)
 
 
 def _run_waves(
     ex: Any, todo: list[Any], spec: Any, base: Path, kind: str, echo: Echo, cancel: bool
 ) -> list[Any]:
-    """Local / debug: jobs in waves as wide as this machine's cores allow, each awaited."""
+    """Local / debug: jobs in waves as wide as this machine's cores allow, each awaited. Local
+    jobs are guarded (``harness.orphans``): they are stopped if this process dies."""
     res = resources(spec.resources)
     per_job = res.cpus_per_task * res.tasks_per_node
     width = max(1, (os.cpu_count() or 1) // per_job) if kind == "local" else 1
-    jobs, failed = [], 0
-    for i in range(0, len(todo), width):
-        wave = todo[i : i + width]
+    jobs: list[Any] = []
+    failed: list[str] = []
+    guard = (
+        orphans.guard(orphans.guard_dir(base, "local"), f"local jobs of {spec.name}")
+        if kind == "local"
+        else contextlib.nullcontext()
+    )
+    with guard as g:
+        for i in range(0, len(todo), width):
+            live: list[Any] = []
+            try:
+                jobs += _run_wave(ex, todo[i : i + width], spec, base, kind, echo, g, live, failed)
+            except KeyboardInterrupt:
+                if cancel and kind == "local":  # local jobs would outlive us
+                    for job in live:
+                        job.cancel(check=False)
+                    echo(
+                        f"interrupted: cancelled {len(live)} local jobs (they resume from "
+                        "their last epoch next time)"
+                    )
+                raise
+    _raise_failed(failed, len(todo), base)
+    return jobs
+
+
+def _run_wave(
+    ex: Any,
+    wave: list[Any],
+    spec: Any,
+    base: Path,
+    kind: str,
+    echo: Echo,
+    guard: Any,
+    live: list[Any],
+    failed: list[str],
+) -> list[Any]:
+    """Submit one wave and wait for it (``live``: the jobs being awaited; failures' texts are
+    added to ``failed``). A job whose process died (signal, OOM kill) is submitted again up to
+    ``max_retries`` times; a job that raised is not. Returns every job submitted."""
+    res = resources(spec.resources)
+    retries = int(getattr(spec.resources, "max_retries", 2))
+    jobs: list[Any] = []
+    for attempt in range(retries + 1):
         sub = _submit_array(ex, wave, base, res.cpus_per_task)
+        live[:] = sub
+        jobs += sub
         ledger.record_submission(
             base,
             executor=kind,
@@ -239,31 +299,39 @@ def _run_waves(
             folder=ex.folder,
             tasks=[(c.run_id(), str(j.job_id)) for c, j in zip(wave, sub, strict=True)],
         )
+        if guard is not None:
+            guard.track(int(j.job_id) for j in sub if str(j.job_id).isdigit())
         for c, j in zip(wave, sub, strict=True):
             echo(f"  {j.job_id}  {c.short_name()}  run {c.run_id()}  log {j.paths.stderr}")
-        jobs += sub
-        try:
-            failed += _wait(sub, echo)
-        except KeyboardInterrupt:
-            if cancel and kind == "local":  # local jobs would outlive us
-                for job in sub:
-                    job.cancel(check=False)
-                echo(
-                    f"interrupted: cancelled {len(sub)} local jobs (they resume from their "
-                    "last epoch next time)"
-                )
-            raise
-    _raise_failed(failed, len(jobs))
+        lost: dict[int, str] = {}
+        failed += _wait(sub, echo, lost)
+        wave = [wave[k] for k in lost]
+        if not wave:
+            return jobs
+        if attempt < retries:
+            echo(f"  submitting {len(wave)} runs again (retry {attempt + 1} of {retries})")
+    echo(f"  {len(wave)} runs lost their process {retries + 1} times: not retried again")
+    failed += list(lost.values())
     return jobs
 
 
-def _wait(jobs: list[Any], echo: Echo) -> int:
-    """Wait for every job; report each failure in one line; return how many failed."""
-    failed = 0
-    for job in jobs:
+def _wait(jobs: list[Any], echo: Echo, lost: dict[int, str] | None = None) -> list[str]:
+    """Wait for every job; report each failure in one line; return the failures' texts. With
+    ``lost``, a job whose process died without a result (signal, OOM kill) is not returned but
+    put in ``lost`` (index: text), to be submitted again."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    failed: list[str] = []
+    for k, job in enumerate(jobs):
         try:
             job.results()
         except Exception as e:  # noqa: BLE001 - report every failed job, keep waiting for the rest
-            failed += 1
-            echo(f"  job {job.job_id} failed: {launch_error(e)}")
+            # no result at all: the process died (FailedJobError, a subclass: the run raised)
+            died = isinstance(e, UncompletedJobError) and not isinstance(e, FailedJobError)
+            if died and lost is not None:
+                lost[k] = str(e)
+                echo(f"  job {job.job_id} lost its process (no result; state {job.state})")
+            else:
+                failed.append(str(e))
+                echo(f"  job {job.job_id} failed: {launch_error(e)}")
     return failed

@@ -4,16 +4,23 @@ A sweep is checkpoints × the spec's grid (method, layer, budget, lr, epochs, ..
 an id (hash of its full config); the store is the source of truth: trials with a row in
 `finetune` are never run again, each finished trial writes its row at once (one atomic Parquet
 part, from the trial's own process), and a trial that raises or hits a NaN loss is recorded as
-``failed`` with its reason while the others go on. The Ray experiment folder lives under
+``failed`` with its reason, once, while the others go on. A trial whose process or node died
+(signal, OOM kill, lost Ray worker) is retried up to ``max_retries`` times by Tune; a running
+trial names its process in ``<experiment>/running/<trial id>.json``. ``retry_failed`` runs the
+recorded failures again (a done row wins over failed ones). The Ray experiment folder lives under
 ``<results>/ray/<name>-<hash of the pending trial set>``: re-running an interrupted sweep with the
-same pending trials restores it (``Tuner.restore``, errored trials restarted).
+same pending trials restores it (``Tuner.restore``, errored trials restarted). The local Ray
+runtime never outlives the driver (``harness.rayrun``).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import math
 import os
+import socket
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -149,14 +156,6 @@ def expand(spec: Any, root) -> list[dict[str, Any]]:
     return list(trials.values())
 
 
-def done_trials(root) -> set[str]:
-    """Trial ids that already have a `finetune` row (done or failed with a recorded reason):
-    one query for the whole sweep (the ledger's answer)."""
-    from harness import ledger
-
-    return ledger.recorded_trials(root)
-
-
 PENDING_FILE = "harness-pending.txt"
 
 
@@ -175,45 +174,85 @@ def _is_pending(experiment: str, tid: str) -> bool:
         return True
 
 
+RUNNING = "running"  # <experiment>/running/<trial id>.json: the process running a trial
+
+
+def _claim(experiment: str, tid: str) -> int:
+    """Name this process as the one running ``tid``; return the attempt number (1, or more
+    after attempts whose process died: their file is still there)."""
+    path = Path(experiment) / RUNNING / f"{tid}.json"
+    try:
+        attempt = int(json.loads(path.read_text())["attempt"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        attempt = 1
+    mark = dict(pid=os.getpid(), host=socket.gethostname(), attempt=attempt, started=time.time())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(mark))
+    except (OSError, HarnessError):  # a full disk: the trial itself will say so
+        pass
+    return attempt
+
+
+def _earlier_rows(root: str, tid: str, rows_before: int) -> tuple[str | None, bool]:
+    """What an earlier attempt whose process died left: the status of a `finetune` row it
+    recorded (None if none), and whether it wrote the trial's `nc` rows."""
+    status = None
+    if store.parts("finetune", root):
+        sql = "SELECT bool_or(status = 'done'), count(*) FROM finetune WHERE trial_id = ?"
+        ((done, n),) = store.fetch(sql, [tid], root, ["finetune"])
+        if n > rows_before:
+            status = "done" if done else "failed"
+    nc = bool(store.parts("nc", root)) and bool(
+        store.fetch("SELECT count(*) FROM nc WHERE run_id = ?", [tid], root, ["nc"])[0][0]
+    )
+    return status, nc
+
+
 def _trainable(config: dict[str, Any]) -> None:
-    """One trial, inside a Ray worker: run it, write its rows, report to Tune."""
+    """One trial, inside a Ray worker: run it, write its rows, report to Tune. A failure of
+    the trial itself is recorded and ends the trial normally (Tune does not retry it); only a
+    dead process errors the trial, and Tune runs it again."""
+    from ray import tune
+
+    meta, experiment = config["t"]["meta"], config["experiment"]
+    tid = meta["trial_id"]
+    if not _is_pending(experiment, tid):  # a restored experiment re-offering a recorded trial
+        tune.report({"val_acc": math.nan, "skipped": 1})
+        return
+    attempt = _claim(experiment, tid)
+    status, nc_written = (None, False)
+    if attempt > 1:
+        status, nc_written = _earlier_rows(config["root"], tid, meta.get("rows", 0))
+    if status is None:  # not recorded by an earlier attempt: run it
+        if _run_and_record(config, attempt, write_nc=not nc_written) == "failed":
+            tune.report({"val_acc": math.nan, "failed": 1, "attempt": attempt})
+    else:  # an earlier attempt recorded it, then its process died
+        failed = int(status == "failed")
+        tune.report({"val_acc": math.nan, "skipped": 1, "failed": failed, "attempt": attempt})
+    (Path(experiment) / RUNNING / f"{tid}.json").unlink(missing_ok=True)
+
+
+def _run_and_record(config: dict[str, Any], attempt: int, write_nc: bool = True) -> str:
+    """Run the trial and write its rows; return ``done``, or ``failed`` for an exception of the
+    trial (recorded with its reason). MemoryError propagates: Tune retries it."""
     import ray
     from ray import tune
 
     from harness import finetune
 
-    root = config["root"]
-    meta = config["t"]["meta"]
+    root, meta, trial = config["root"], config["t"]["meta"], config["t"]["trial"]
     tid = meta["trial_id"]
-    if not _is_pending(
-        config["experiment"], tid
-    ):  # a restored experiment re-offering a recorded trial
-        tune.report({"val_acc": float("nan"), "skipped": 1})
-        return
-    trial = config["t"]["trial"]
     prov = store.Provenance.collect({"kind": "finetune", **trial}, "finetune")
-    node = ray.get_runtime_context().get_node_id()
-    base = dict(
-        trial_id=tid,
-        run_id=meta["run_id"],
-        checkpoint=trial["checkpoint"],
-        arch=meta["arch"],
-        dataset=trial["dataset"],
-        method=trial["method"],
-        layer=trial["layer"],
-        per_class=trial["per_class"],
-        epochs=trial["epochs"],
-        lr=trial["lr"],
-        weight_decay=trial["weight_decay"],
-        seed=trial["seed"],
-        layer_choice=meta["layer_choice"],
-        node=node,
-    )
+    base = _row_base(trial, meta, ray.get_runtime_context().get_node_id())
     t0 = time.perf_counter()
     try:
         row = finetune.run_trial(
-            finetune.TrialConfig(**trial), report=lambda **m: tune.report(dict(m))
+            finetune.TrialConfig(**trial),
+            report=lambda **m: tune.report(dict(m, attempt=attempt)),
         )
+    except MemoryError:
+        raise
     except Exception as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:500]
         store.append(
@@ -222,26 +261,22 @@ def _trainable(config: dict[str, Any]) -> None:
             root,
         )
         store.record_run(prov, "failed", root, error=reason)
-        raise
+        return "failed"
     nc = row.pop("nc", {}) or {}
-    if nc:
+    if nc and write_nc:
         store.append("nc", _nc_rows_after(trial, tid, meta["arch"], nc), root)
-    store.append(
-        "finetune",
-        [
-            dict(
-                base,
-                **{
-                    k: v
-                    for k, v in row.items()
-                    if k in store.SCHEMAS["finetune"].names and k not in base
-                },
-                status="done",
-            )
-        ],
-        root,
-    )
+    names = store.SCHEMAS["finetune"].names
+    extra = {k: v for k, v in row.items() if k in names and k not in base}
+    store.append("finetune", [dict(base, **extra, status="done")], root)
     store.record_run(prov, "done", root)
+    return "done"
+
+
+def _row_base(trial: dict[str, Any], meta: dict[str, Any], node: str | None) -> dict[str, Any]:
+    """The `finetune` columns every row of a trial has, done or failed: the trial's settings
+    and its ids, as the table names them."""
+    names = set(store.SCHEMAS["finetune"].names)
+    return {**{k: v for src in (trial, meta) for k, v in src.items() if k in names}, "node": node}
 
 
 def _nc_rows_after(
@@ -282,34 +317,14 @@ def _nc_rows_after(
     return rows
 
 
-def _init_ray(address: str | None, echo: Any) -> None:
-    """Start local Ray (all cores) or join ``address``; quiet output, SIGTERM as Ctrl-C."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own one-line summaries instead
-    import logging
-
-    import ray
-
-    from harness import launch
-
-    if not ray.is_initialized():
-        where = dict(address=address) if address else dict(num_cpus=os.cpu_count() or 1)
-        ray.init(
-            **where, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-        )
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    launch.sigterm_as_interrupt()  # ray.init installs a handler that aborts the driver
-    echo(
-        f"ray: {'cluster at ' + address if address else 'local'}, "
-        f"{int(ray.cluster_resources().get('CPU', 0))} CPUs on {len(ray.nodes())} node(s)"
-    )
-
-
 def _experiment(spec: Any, base: Path, pending: list[dict[str, Any]]) -> Path:
     """The experiment folder of this pending set, with the set written into it."""
     ids = sorted(t["trial_id"] for t in pending)
-    digest = hashlib.sha256(",".join(ids).encode()).hexdigest()[:10]
+    # a trial run again after recorded failures gets a new experiment, never a finished one
+    keys = sorted(
+        f"{t['trial_id']}:{t['rows']}" if t.get("rows") else t["trial_id"] for t in pending
+    )
+    digest = hashlib.sha256(",".join(keys).encode()).hexdigest()[:10]
     path = base / "ray" / f"{spec.name}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path / PENDING_FILE, "\n".join(ids) + "\n")
@@ -321,7 +336,7 @@ def _tuner(spec: Any, base: Path, path: Path, pending: list[dict[str, Any]], ech
     from ray import tune
 
     trainable = tune.with_resources(_trainable, {"cpu": spec.cpus_per_trial})
-    metas = ("trial_id", "run_id", "arch", "layer_choice")
+    metas = ("trial_id", "run_id", "arch", "layer_choice", "rows")
     space = {
         "t": tune.grid_search(
             [{"trial": t["trial"], "meta": {k: t[k] for k in metas}} for t in pending]
@@ -356,28 +371,86 @@ def _tuner(spec: Any, base: Path, path: Path, pending: list[dict[str, Any]], ech
             name=path.name,
             storage_path=str(path.parent),
             verbose=0,
-            failure_config=tune.FailureConfig(fail_fast=False),
+            # a trial whose process died runs again; its own failures end it normally
+            failure_config=tune.FailureConfig(max_failures=_retries(spec), fail_fast=False),
         ),
     )
 
 
-def run(spec: Any, *, root=None, address: str | None = None, echo=print) -> dict[str, int]:
-    """Run the sweep's pending trials on Ray Tune; compact what they wrote; return counts."""
+def _retries(spec: Any) -> int:
+    return int(getattr(spec, "max_retries", 2))
+
+
+def pending_trials(
+    trials: list[dict[str, Any]], root, retry_failed: bool = False
+) -> list[dict[str, Any]]:
+    """The trials to run, each with ``rows`` (how many rows it has already): those without a
+    `finetune` row, and with ``retry_failed`` those whose rows are all failures."""
+    from harness import ledger
+
+    states = ledger.trial_states(root)
+    out = []
+    for t in trials:
+        st = states.get(t["trial_id"])
+        if st is None or (retry_failed and st.status != "done"):
+            out.append(dict(t, rows=st.rows if st else 0))
+    return out
+
+
+def _record_lost(errored: list[Any], pending: list[dict[str, Any]], base: Path, spec: Any) -> None:
+    """A `failed` row for each trial Tune gave up on (its process died more than
+    ``max_retries`` times) that no attempt recorded."""
+    from harness import ledger
+
+    if not errored:
+        return
+    states = ledger.trial_states(base)
+    by_id = {t["trial_id"]: t for t in pending}
+    rows, provs = [], []
+    for r in errored:
+        t = by_id[r.config["t"]["meta"]["trial_id"]]
+        st = states.get(t["trial_id"])
+        if st is not None and st.rows > t["rows"]:
+            continue
+        why = " ".join(f"{type(r.error).__name__}: {r.error}".split())[:400]
+        reason = f"{why} (retried {_retries(spec)} times)"
+        rows.append(dict(_row_base(t["trial"], t, None), status="failed", error=reason))
+        provs.append(
+            (store.Provenance.collect({"kind": "finetune", **t["trial"]}, "finetune"), reason)
+        )
+    store.append("finetune", rows, base)
+    for prov, reason in provs:
+        store.record_run(prov, "failed", base, error=reason)
+
+
+def run(
+    spec: Any, *, root=None, address: str | None = None, echo=print, retry_failed: bool = False
+) -> dict[str, int]:
+    """Run the sweep's pending trials on Ray Tune; compact what they wrote; return counts.
+    ``retry_failed``: trials whose recorded rows are failures run again."""
+    from harness import rayrun
+
     base = store.results_root(root).resolve()
     trials = expand(spec, base)
-    done = done_trials(base)
-    pending = [t for t in trials if t["trial_id"] not in done]
+    pending = pending_trials(trials, base, retry_failed)
     echo(
-        f"{len(trials)} trials in {spec.name}: {len(pending)} to run, {len(trials) - len(pending)} recorded"
+        f"{len(trials)} trials in {spec.name}: {len(pending)} to run, "
+        f"{len(trials) - len(pending)} recorded"
     )
     if not pending:
         return dict(total=len(trials), ran=0, failed=0)
-    _init_ray(address, echo)
-    path = _experiment(spec, base, pending)
-    grid = _tuner(spec, base, path, pending, echo).fit()
-    failed = sum(1 for r in grid if r.error is not None)
+    with rayrun.runtime(address, base, echo):
+        path = _experiment(spec, base, pending)
+        grid = list(_tuner(spec, base, path, pending, echo).fit())
+    errored = [r for r in grid if r.error is not None]
+    _record_lost(errored, pending, base, spec)
+    failed = len(errored) + sum(
+        1 for r in grid if r.error is None and (r.metrics or {}).get("failed")
+    )
+    retried = sum(1 for r in grid if (r.metrics or {}).get("attempt", 1) > 1)
+    again = f", {retried} run again after their process died" if retried else ""
     echo(
-        f"ran {len(grid)} trials: {len(grid) - failed} done, {failed} failed "
+        f"ran {len(grid)} trials: {len(grid) - failed} done, {failed} failed{again} "
         f"(rows in {base / 'finetune'}; experiment {path})"
     )
     line = store.compaction_line(store.compact_tables(("finetune", "nc", "runs"), base))
@@ -401,6 +474,7 @@ def submit_slurm(
     time_min: int = 60,
     partition: str | None = None,
     wait: bool = False,
+    retry_failed: bool = False,
     echo=print,
 ) -> int:
     """`harness sweep --slurm`: sbatch the Ray-on-SLURM script for this spec."""
@@ -425,6 +499,8 @@ def submit_slurm(
     cmd += [str(slurm_script()), str(Path(spec_path).resolve())]
     for o in overrides:
         cmd += ["--set", o]
+    if retry_failed:
+        cmd.append("--retry-failed")
     env = dict(os.environ, HARNESS_RESULTS=str(base), HARNESS_PYTHON=sys.executable)
     r = subprocess.run(
         cmd, capture_output=True, text=True, env=env, cwd=str(slurm_script().parents[1])

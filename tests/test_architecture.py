@@ -13,10 +13,13 @@ import pytest
 from tests_util import HARNESS
 
 PKG = Path(__file__).resolve().parents[1] / "harness"
-SCIENCE = ("nc", "losses", "models", "data", "analysis", "schedule", "catalog")
+SCIENCE = ("nc", "losses", "models", "data", "analysis", "schedule", "catalog", "bounds")
 STORE = ("store", "fileio", "errors")
 CLUSTER = {"ray", "submitit"}
-DISPATCH = {f"harness.{m}" for m in ("study", "submit", "sweep", "ledger", "launch", "cli")}
+DISPATCH = {
+    f"harness.{m}"
+    for m in ("study", "submit", "sweep", "ledger", "launch", "cli", "rayrun", "orphans")
+}
 HEAVY = ("torch", "torchvision", "timm", "ray")
 
 

@@ -340,6 +340,9 @@ def test_bad_settings_are_one_line_errors(ckpts, change, words):
         assert w in msg
 
 
-def test_absurd_lr_raises_nan_error(ckpts):
+def test_diverging_training_raises_nan_error(ckpts):
+    # the largest allowed lr with heavy weight decay diverges (w <- w·(1 - lr·wd) each step)
     with pytest.raises(FloatingPointError, match="NaN"):
-        ft.run_trial(_cfg(ckpts["resnet_tiny"], "full", None, lr=1e30, epochs=3))
+        ft.run_trial(
+            _cfg(ckpts["resnet_tiny"], "full", None, lr=100.0, weight_decay=10.0, epochs=3)
+        )

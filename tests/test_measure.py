@@ -234,12 +234,14 @@ def test_ddp_measure_on_slurm_equals_one_process(slurm_cluster, checkpoint, shar
     single = _measure_job(spec, str(shared_tmp / "single"))
     per_rank = job.results()
     assert len(per_rank) == 2
+    # the ranks' float32 scatter blocks hold other rows than the single process's, so sums are
+    # rounded in another order: equal within the engine's documented bound (harness.nc.scatter)
     for got in per_rank:  # every rank ends with the reduced (global) metrics
         assert got.keys() == single.keys()
         for layer, metrics in single.items():
             assert got[layer].keys() == metrics.keys()
             for k, v in metrics.items():
-                assert got[layer][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (layer, k)
+                assert got[layer][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (layer, k)
     # rank 0 alone wrote, and counted all 501 samples once
     con = store.connect(ddp_root)
     assert con.execute("SELECT count(DISTINCT run_id), min(n), max(n) FROM nc").fetchone() == (

@@ -389,3 +389,157 @@ def test_bad_labels_in_second_pass():
     with pytest.raises(HarnessError) as excinfo:
         acc.update_second(f, bad)
     _check_error(excinfo, ("label",))
+
+
+# ---------------------------------------------------------------- precision plans of the scatter
+
+PLAN_RTOL = 1e-6  # the float32 plan's promise against the float64 reference (harness.nc.scatter)
+
+
+def stream_plan(features, labels, k, precision, batch=100, classifier=None, bias=None):
+    """Both passes of full mode in batches of ``batch`` rows with the given scatter precision."""
+    acc = NCAccumulator(k, mode="full", precision=precision)
+    cuts = list(range(batch, len(labels), batch))
+    parts = list(zip(np.split(features, cuts), np.split(labels, cuts), strict=True))
+    for f, y in parts:
+        acc.update(f, y)
+    assert acc.precision == precision
+    for f, y in parts:
+        acc.update_second(f, y, classifier, bias)
+    return acc.compute()
+
+
+def _offset_f32(rng, d):
+    f64, labels = blobs(rng, 3000, d, 10, sep=1.0, noise=1e-2, offset=1e3)
+    return f64.astype(np.float32), labels, None
+
+
+def _offset_f64(rng, d):
+    return *blobs(rng, 3000, d, 10, sep=1.0, noise=1e-2, offset=1e3), None
+
+
+def _unbalanced(rng, d):
+    sizes = [2, 500, 37, 300, 120, 5, 800, 60, 1, 900]
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    return *blobs(rng, len(labels), d, len(sizes), sep=0.7, labels=labels), None
+
+
+def _high_dim(rng, d):
+    """400 samples in a random 300-dim subspace of R^d; the metrics are invariant under the
+    embedding, so the reference runs on the coordinates (as in test_high_dimension_...)."""
+    coords, labels = blobs(rng, 400, 300, 4, sep=0.08)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, 300)))
+    return coords, labels, basis
+
+
+@pytest.mark.parametrize(
+    ("make", "d"),
+    [(_offset_f32, 256), (_offset_f64, 256), (_unbalanced, 192), (_high_dim, 5000)],
+    ids=["offset-float32", "offset-float64", "unbalanced", "D5000-full"],
+)
+def test_float32_plan_matches_float64_plan_and_reference(make, d):
+    rng = np.random.default_rng(d)
+    coords, labels, basis = make(rng, d)
+    k = int(labels.max()) + 1
+    w, b = noisy_classifier(rng, coords.astype(np.float64), labels, k)
+    ref = reference_nc(coords.astype(np.float64), labels, k, classifier=w, bias=b)
+    features = coords if basis is None else coords @ basis.T
+    w = w if basis is None else w @ basis.T
+    fast = stream_plan(features, labels, k, "float32", 333, w, b)
+    exact = stream_plan(features, labels, k, "float64", 333, w, b)
+    assert_matches(exact, ref)  # the float64 plan: the default tolerances
+    assert_matches(fast, ref, rtol=PLAN_RTOL, nc1_rtol=PLAN_RTOL)
+    assert_matches(fast, exact, rtol=PLAN_RTOL, nc1_rtol=PLAN_RTOL)
+
+
+def test_default_plan_by_dimension():
+    rng = np.random.default_rng(0)
+    for d, mode, precision in [(16, "full", "float64"), (256, "full", "float32")]:
+        acc = NCAccumulator(3).update(rng.normal(size=(9, d)), np.arange(9) % 3)
+        assert (acc.mode, acc.precision) == (mode, precision)
+    projected = NCAccumulator(3, mode="projected", precision="float32")
+    assert projected.update(rng.normal(size=(9, 8)), np.arange(9) % 3).precision == "float64"
+    with pytest.raises(HarnessError, match="precision"):
+        NCAccumulator(3, precision="half")
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_simplex_etf_is_collapsed_in_both_plans(precision, dtype):
+    rng = np.random.default_rng(8)
+    features, labels, m, offset = simplex_etf_data(rng, k=6, d=160, copies=50)
+    got = stream_plan(features.astype(dtype), labels, 6, precision, batch=64)
+    for key in ("nc1", "nc1_svd", "nc1_quotient", "cdnv"):
+        assert abs(got[key]) <= 1e-9, f"{key} = {got[key]!r} on an exact simplex ETF"
+    assert got["ncc_acc"] == 1.0
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_blocks_merged_equal_one_batch(monkeypatch, precision):
+    """Several batches buffered into blocks (and batches larger than a block, split) give the
+    statistics of the whole data in one batch and one block."""
+    from harness.nc import scatter
+
+    rng = np.random.default_rng(21)
+    features, labels = blobs(rng, 3000, 160, 7, sep=0.5, offset=5.0)
+    whole = NCAccumulator(7, precision=precision).update(features, labels)
+    monkeypatch.setattr(scatter, "BLOCK_ROWS", 256)  # blocks of 256 rows: many merges
+    blocks = NCAccumulator(7, precision=precision)
+    for s in range(0, 3000, 700):  # batches of 700 rows: every one spans blocks
+        blocks.update(features[s : s + 700], labels[s : s + 700])
+    small = NCAccumulator(7, precision=precision)
+    for s in range(0, 3000, 37):
+        small.update(features[s : s + 37], labels[s : s + 37])
+    assert blocks._block.rows == small._block.rows == 256
+    rtol = 1e-12 if precision == "float64" else PLAN_RTOL
+    for acc in (blocks, small):
+        assert acc.count == whole.count == 3000
+        for name in ("n", "mu", "ss", "W"):
+            a, b = getattr(acc, name), getattr(whole, name)
+            assert torch.allclose(a, b, rtol=rtol, atol=rtol * float(b.abs().max())), name
+        assert_matches(acc.compute(), whole.compute(), rtol=rtol, nc1_rtol=rtol)
+    ref = reference_nc(features, labels, 7)
+    assert_matches(blocks.compute(), ref, rtol=max(rtol, 1e-8), keys=PASS1)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_merge_of_buffered_plans_equals_union(precision):
+    rng = np.random.default_rng(4)
+    features, labels = blobs(rng, 2000, 192, 5, sep=0.5)
+    parts = [NCAccumulator(5, precision=precision) for _ in range(3)]
+    for i, acc in enumerate(parts):  # rows still in the buffers when merged
+        acc.update(features[i::3], labels[i::3])
+    merged = NCAccumulator(5, precision="float64").merge(parts[0]).merge(parts[1])
+    merged.merge(parts[2])
+    ref = reference_nc(features, labels, 5)
+    assert_matches(merged.compute(), ref, rtol=PLAN_RTOL, nc1_rtol=PLAN_RTOL, keys=PASS1)
+
+
+def _all_reduce_rank(rank, world, init, features, labels, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        f, y = features[rank::world], labels[rank::world]
+        acc = NCAccumulator(5, precision="float32")
+        acc.update(f, y)  # rows still buffered when all-reduced
+        acc.all_reduce()
+        acc.update_second(f, y)
+        acc.all_reduce_second()
+        torch.save(acc.compute(), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_of_float32_plan_over_two_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    rng = np.random.default_rng(6)
+    features, labels = blobs(rng, 1200, 160, 5, sep=0.5, offset=1e3, noise=1e-2)
+    features = features.astype(np.float32)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_all_reduce_rank, args=(2, init, features, labels, tmp_path / "m"), nprocs=2)
+    got = [torch.load(tmp_path / f"m.{r}") for r in range(2)]
+    assert got[0] == got[1]  # every rank ends equal
+    ref = reference_nc(features.astype(np.float64), labels, 5)
+    assert_matches(got[0], ref, rtol=PLAN_RTOL, nc1_rtol=PLAN_RTOL)

@@ -122,13 +122,13 @@ def test_grid_beyond_the_cluster_is_one_line_and_submits_nothing(slurm_cluster, 
     limits = launch.slurm_limits()
     seeds = limits.max_job_count // 12 + 1
     spec = grid_spec(tmp_path / "huge.yaml", seeds=seeds)
-    queued = len(launch.queue_states())
+    queued = launch.job_records()
     r = submit(spec)
     assert r.returncode == 1
     err = r.stderr.strip()
     assert err.count("\n") == 0 and "nothing submitted" in err and "MaxJobCount" in err, err
     assert ledger.read_jobs(results) == []
-    assert len(launch.queue_states()) == queued
+    assert launch.job_records() == queued
 
 
 def test_sbatch_refusal_is_one_line(slurm_cluster, results, tmp_path):

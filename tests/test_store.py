@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from tests_util import nc_row
 
 from harness import store
 
@@ -26,22 +27,6 @@ for i in range(n):
                         for j in range(batch)], root)
     print(i, flush=True)
 """
-
-
-def nc_row(**kw):
-    row = dict(
-        run_id="r",
-        dataset="d",
-        split="train",
-        layer="stages.0",
-        layer_index=0,
-        depth_frac=0.25,
-        metric="nc1",
-        value=0.5,
-        n=100,
-    )
-    row.update(kw)
-    return row
 
 
 def count(root, table="nc"):

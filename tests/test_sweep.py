@@ -14,13 +14,13 @@ from harness import models, store
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
+def make_checkpoint(folder: Path) -> str:
+    """A small random resnet_tiny checkpoint (8x8, one channel) in ``folder``."""
     import torch
 
     torch.manual_seed(0)
     net = models.build_network("resnet_tiny", 10, 1, 8)
-    path = tmp_path_factory.mktemp("ckpt") / "resnet_tiny.pt"
+    path = folder / "resnet_tiny.pt"
     models.save_checkpoint(
         path,
         net,
@@ -32,6 +32,11 @@ def checkpoint(tmp_path_factory) -> str:
         meta=dict(dataset="synthetic"),
     )
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def spec_file(tmp_path: Path, checkpoint: str, **kw) -> Path:
@@ -70,7 +75,7 @@ def test_local_ray_sweep_records_every_trial_once(results, tmp_path, checkpoint)
         # cannot train on one value per channel) and a diverging learning rate (NaN loss)
         include=[
             dict(method="full", per_class=5, batch_size=1),
-            dict(method="layer", layer="layer3", per_class=5, lr=1e30),
+            dict(method="full", per_class=5, lr=100.0, weight_decay=10.0, epochs=3),
         ],
     )
     r = harness("sweep", str(spec))
@@ -82,8 +87,8 @@ def test_local_ray_sweep_records_every_trial_once(results, tmp_path, checkpoint)
     done = [row for row in rows if row["status"] == "done"]
     failed = {row["lr"]: row for row in rows if row["status"] == "failed"}
     assert len(done) == 4 and len(failed) == 2
-    assert "nan" in failed[1e30]["error"].lower()
-    other = next(row for lr, row in failed.items() if lr != 1e30)
+    assert "nan" in failed[100.0]["error"].lower()
+    other = next(row for lr, row in failed.items() if lr != 100.0)
     assert "Expected more than 1 value per channel" in other["error"]
     for row in done:
         assert 0.0 <= row["test_acc"] <= 1.0

@@ -4,3 +4,20 @@ import sys
 from pathlib import Path
 
 HARNESS = str(Path(sys.executable).with_name("harness"))
+
+
+def nc_row(**kw):
+    """One valid `nc` row (fields overridable)."""
+    row = dict(
+        run_id="r",
+        dataset="d",
+        split="train",
+        layer="stages.0",
+        layer_index=0,
+        depth_frac=0.25,
+        metric="nc1",
+        value=0.5,
+        n=100,
+    )
+    row.update(kw)
+    return row

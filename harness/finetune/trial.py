@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import numbers
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import data, models
+from harness import bounds, data, models
 from harness.errors import HarnessError
 from harness.finetune.cache import ActivationCache, Activations, default_cache
 from harness.finetune.methods import METHODS, FinetuneNet, build_net
@@ -108,8 +106,6 @@ class TrialConfig:
     def _validate_budget(self) -> None:
         if self.per_class is None:
             return
-        if not isinstance(self.per_class, numbers.Integral) or self.per_class < 1:
-            raise HarnessError(f"per_class must be an integer >= 1, got {self.per_class!r}")
         ds = self._load("train")
         counts = np.bincount(ds.targets, minlength=ds.info.num_classes)
         c = int(counts.argmin())
@@ -126,20 +122,29 @@ class TrialConfig:
         )
 
 
+# trial fields that may be None (``per_class``: the whole train split)
+_OPTIONAL = frozenset(
+    n for n, t in get_type_hints(TrialConfig).items() if type(None) in get_args(t)
+)
+
+
+def setting_problem(name: str, value: Any) -> tuple[tuple[str, ...], str] | None:
+    """``(key path below the field, message)`` when trial field ``name`` may not be ``value``
+    because of its range in ``harness.bounds`` (numeric fields and dataset options), else None.
+    A sweep spec checks every value of its grid with this before any trial exists."""
+    if value is None and name in _OPTIONAL:
+        return None
+    return bounds.problem(name, value)
+
+
 def _check_settings(cfg: TrialConfig) -> None:
     """The checks of ``TrialConfig.validate`` that need neither the model nor the data."""
     if cfg.method not in METHODS:
         raise HarnessError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    if not isinstance(cfg.epochs, numbers.Integral) or cfg.epochs < 1:
-        raise HarnessError(f"epochs must be an integer >= 1, got {cfg.epochs!r}")
-    if not 0 < cfg.lr < math.inf:
-        raise HarnessError(f"lr must be a positive number, got {cfg.lr!r}")
-    if not 0 <= cfg.weight_decay < math.inf:
-        raise HarnessError(f"weight_decay must be >= 0, got {cfg.weight_decay!r}")
-    if not 0 <= cfg.momentum < 1:
-        raise HarnessError(f"momentum must be in [0, 1), got {cfg.momentum!r}")
-    if not isinstance(cfg.batch_size, numbers.Integral) or cfg.batch_size < 1:
-        raise HarnessError(f"batch_size must be >= 1, got {cfg.batch_size!r}")
+    for f in fields(cfg):
+        bad = setting_problem(f.name, getattr(cfg, f.name))
+        if bad is not None:
+            raise HarnessError(f"{'.'.join((f.name, *bad[0]))} {bad[1]}")
     if cfg.augment not in data.AUGMENTATIONS:
         raise HarnessError(
             f"unknown augment {cfg.augment!r}; valid: {', '.join(data.AUGMENTATIONS)}"

@@ -11,6 +11,8 @@ Modules: ``schema`` (tables, validation), ``parts`` (layout, writing, snapshots,
 knows nothing of torch, Ray or SLURM.
 """
 
+from harness.store.health import QUARANTINE, Damage, quarantine
+from harness.store.health import scan as scan_damage
 from harness.store.parts import (
     COMPACT_DIR,
     DEFAULT_ROOT,
@@ -45,11 +47,17 @@ from harness.store.read import (
     is_done,
     latest_runs,
     one_line,
+    reading,
     recorded_trials,
 )
 from harness.store.schema import SCHEMAS, SORT_KEYS, TABLES, StoreError, sql_type, validate_rows
 
 __all__ = [
+    "QUARANTINE",
+    "Damage",
+    "quarantine",
+    "scan_damage",
+    "reading",
     "COMPACT_DIR",
     "DEFAULT_ROOT",
     "RESULTS_ENV",

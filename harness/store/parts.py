@@ -172,13 +172,20 @@ class Compaction:
     merged: Path | None
 
 
-def _read_live(table: str, live: list[Path]) -> pa.Table:
+def _read_live(table: str, live: list[Path], batch: int = 1000) -> pa.Table:
     """Every row of the live files in the table's declared schema (a column an older part lacks
-    reads as null), sorted by the table's filter keys."""
+    reads as null), sorted by the table's filter keys. Files are read ``batch`` at a time and
+    each batch combined into one chunk: memory follows the rows, not the number of files."""
     import pyarrow.dataset as pds
 
     schema = SCHEMAS[table]
-    out = pds.dataset([str(p) for p in live], schema=schema, format="parquet").to_table()
+    pieces = [
+        pds.dataset([str(p) for p in live[i : i + batch]], schema=schema, format="parquet")
+        .to_table()
+        .combine_chunks()
+        for i in range(0, len(live), batch)
+    ]
+    out = pa.concat_tables(pieces).combine_chunks() if pieces else schema.empty_table()
     keys = [(k, "ascending") for k in SORT_KEYS.get(table, ())]
     return out.sort_by(keys) if keys else out
 

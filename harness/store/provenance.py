@@ -104,6 +104,7 @@ class Provenance:
     host: str
     versions: str
     started_at: dt.datetime
+    resumed_from: str | None = None  # the checkpoint a resumed attempt started from, and why
 
     @classmethod
     def collect(cls, config: Mapping[str, Any], kind: str) -> Provenance:
@@ -132,9 +133,13 @@ class Provenance:
         error: str | None = None,
         log_path: str | None = None,
         attempt: int | None = None,
+        resumed_from: str | None = None,
     ) -> dict[str, Any]:
-        """The ``runs`` row for this attempt with its final status."""
+        """The ``runs`` row for this attempt with its final status (``resumed_from``, when
+        given, overrides the attempt's own)."""
         d = dict(self.__dict__)
+        if resumed_from is not None:
+            d["resumed_from"] = resumed_from
         d.update(
             status=status,
             error=error,

@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from harness.errors import HarnessError
-from harness.store.parts import has_results, parts, results_root, retrying
+from harness.store.health import Damage, named_part, one_line, scan_files, view_fits, warn
+from harness.store.parts import (
+    COMPACT_DIR,
+    has_results,
+    is_missing_file_error,
+    parts,
+    results_root,
+    retrying,
+)
 from harness.store.schema import SCHEMAS, TABLES, sql_type
+
+T = TypeVar("T")
 
 
 def _sql_str(s: str) -> str:
@@ -31,32 +42,107 @@ def _view_sql(table: str, files: list[Any]) -> str:
     return f"SELECT * FROM read_parquet([{listed}], union_by_name=true)"
 
 
-def connect(root: str | os.PathLike | None = None, tables: Iterable[str] | None = None):
-    """A read-only DuckDB connection with one view per table over its live Parquet parts (a
-    consistent snapshot: see ``harness.store.parts``).
+def _checked_view(con: Any, table: str, files: list[Path]) -> list[Damage]:
+    """Create ``table``'s view over ``files``, leaving out parts DuckDB cannot bind or whose
+    columns do not fit (found by one footer read per part, only when binding showed a problem).
+    Returns the parts left out."""
+    import duckdb
+
+    try:
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {_view_sql(table, files)}")
+        if not files or view_fits(table, con.execute(f"DESCRIBE {table}").fetchall()):
+            return []
+    except duckdb.Error:
+        pass
+    bad = scan_files(table, files)
+    drop = {d.path for d in bad}
+    good = [f for f in files if f not in drop]
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_view_sql(table, good)}")
+    return bad
+
+
+def _sandbox(con: Any, root: Path) -> None:
+    """Queries may read the results root and nothing else, write nothing, load nothing; the
+    settings are locked so that SQL cannot switch them back."""
+    con.execute(f"SET allowed_directories=[{_sql_str(str(root) + os.sep)}]")
+    for setting in (
+        "enable_external_access=false",
+        "autoinstall_known_extensions=false",
+        "autoload_known_extensions=false",
+        "lock_configuration=true",
+    ):
+        con.execute(f"SET {setting}")
+
+
+def connect(
+    root: str | os.PathLike | None = None,
+    tables: Iterable[str] | None = None,
+    exclude: Iterable[Path] = (),
+    warn_tables: Iterable[str] | None = None,
+):
+    """A read-only, sandboxed DuckDB connection with one view per table over its live Parquet
+    parts (a consistent snapshot: see ``harness.store.parts``).
 
     Tables without parts get an empty view with the declared columns (so joins work), unless the
     whole root is empty: then no views exist and queries on tables fail (see ``harness query``).
     ``tables`` limits the views built (the others are empty) when a caller needs only some.
+    Damaged parts (and ``exclude``) are left out, each with one warning line on stderr when its
+    table is among ``warn_tables`` (default: all). The connection can read files under the root
+    only, and cannot write, attach or load anything.
     """
     import duckdb
 
     base = results_root(root).resolve()
     wanted = set(tables or TABLES)
-    live = {t: parts(t, base) if t in wanted else [] for t in TABLES}
+    skip = set(exclude)
+    live = {t: [p for p in parts(t, base) if p not in skip] if t in wanted else [] for t in TABLES}
     tmpdir = tempfile.mkdtemp(prefix="harness-duckdb-")
     path = os.path.join(tmpdir, "views.duckdb")
     try:
         with duckdb.connect(path) as con:
             if any(live.values()) or (tables is not None and has_results(base)):
+                loud = set(TABLES if warn_tables is None else warn_tables)
                 for t in TABLES:
-                    con.execute(f"CREATE VIEW {t} AS {_view_sql(t, live[t])}")
+                    for d in _checked_view(con, t, live[t]):
+                        if t in loud:
+                            warn(d, base)
         ro = duckdb.connect(path, read_only=True)
     finally:
         for f in os.listdir(tmpdir):
             os.unlink(os.path.join(tmpdir, f))
         os.rmdir(tmpdir)
+    _sandbox(ro, base)
     return ro
+
+
+def reading(
+    fn: Callable[[Any], T], root: str | os.PathLike | None, tables=None, warn_tables=None
+) -> T:
+    """Run ``fn(connection)`` on a fresh snapshot: read again if a compaction deleted a part
+    under it, and leave out (with a warning) a part whose data turns out unreadable."""
+    import duckdb
+
+    base = results_root(root).resolve()
+    exclude: set[Path] = set()
+
+    def once() -> T:
+        con = connect(base, tables, exclude, warn_tables if warn_tables is not None else tables)
+        try:
+            return fn(con)
+        finally:
+            con.close()
+
+    for _ in range(20):
+        try:
+            return retrying(once)
+        except duckdb.Error as e:
+            bad = named_part(e, base)
+            if bad is None or bad in exclude or is_missing_file_error(e):
+                raise
+            exclude.add(bad)
+            table = bad.parent.name if bad.parent.name != COMPACT_DIR else bad.parent.parent.name
+            warn(Damage(bad, table, f"unreadable data: {one_line(e)[:120]}"), base)
+    raise AssertionError("unreachable")
 
 
 def fetch(
@@ -65,17 +151,10 @@ def fetch(
     root: str | os.PathLike | None = None,
     tables: Iterable[str] | None = None,
 ) -> list[tuple]:
-    """Rows of one query over a fresh snapshot, read again if a compaction deleted a part under
-    it."""
-
-    def once() -> list[tuple]:
-        con = connect(root, tables)
-        try:
-            return con.execute(sql, params).fetchall() if params else con.sql(sql).fetchall()
-        finally:
-            con.close()
-
-    return retrying(once)
+    """Rows of one query over a fresh snapshot (see ``reading``)."""
+    return reading(
+        lambda con: (con.execute(sql, params) if params else con.sql(sql)).fetchall(), root, tables
+    )
 
 
 def done_ids(
@@ -139,30 +218,46 @@ def latest_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
-def one_line(msg: str) -> str:
-    """A multi-line message (DuckDB's) as one line."""
-    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+def _check_statements(con: Any, sql: str) -> None:
+    """Only queries: writes, ``COPY``, ``ATTACH``, ``INSTALL``/``LOAD``, ``SET`` are one line."""
+    import duckdb
+
+    try:
+        kinds = [s.type.name for s in con.extract_statements(sql)]
+    except duckdb.Error as e:
+        raise HarnessError(one_line(e)) from None
+    bad = [k for k in kinds if k not in ALLOWED_STATEMENTS]
+    if bad:
+        raise HarnessError(
+            f"query: only SELECT statements run here (got {bad[0]}); the store is read-only and "
+            "exports go through --format/--output"
+        )
 
 
 def execute(sql: str, root: str | os.PathLike | None = None) -> pa.Table:
-    """Run SQL against the store's views; a DuckDB error becomes one HarnessError line."""
+    """Run one user query (SELECT only) against the store's views in the sandbox; a DuckDB error
+    becomes one HarnessError line."""
     import duckdb
 
     base = results_root(root)
 
-    def once() -> pa.Table:
-        con = connect(base)
-        try:
-            rel = con.sql(sql)
-            if rel is None:  # a statement without a result set
-                return pa.table({})
-            fetch = getattr(rel, "to_arrow_table", None) or rel.arrow  # duckdb 2 / 1
-            return fetch()
-        finally:
-            con.close()
+    def run(con: Any) -> pa.Table:
+        _check_statements(con, sql)
+        rel = con.sql(sql)
+        if rel is None:  # a statement without a result set
+            return pa.table({})
+        fetch = getattr(rel, "to_arrow_table", None) or rel.arrow  # duckdb 2 / 1
+        return fetch()
 
-    try:  # a compaction may delete a part under the query: read a fresh snapshot then
-        return retrying(once)
+    try:
+        named = duckdb.connect().get_table_names(sql)
+    except duckdb.Error:
+        named = set()  # the query itself will say what is wrong with it
+    try:
+        return reading(run, base, warn_tables={t for t in named if t in TABLES})
     except duckdb.Error as e:
         msg = one_line(e)
         if not has_results(base) and isinstance(e, duckdb.CatalogException):

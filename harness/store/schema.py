@@ -37,6 +37,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("versions", pa.string()),  # JSON {package: version}
             pa.field("log_path", pa.string()),
             pa.field("error", pa.string()),
+            # where a resumed attempt started: "last.pt epoch 3", "prev.pt epoch 2 (last.pt
+            # unreadable: ...)", "scratch (no readable checkpoint: ...)"; null for a fresh run
+            pa.field("resumed_from", pa.string()),
             pa.field("started_at", _TS),
             pa.field("ended_at", _TS),
         ]
