@@ -250,9 +250,14 @@ def trial_states(root: str | os.PathLike | None = None) -> dict[str, TrialState]
     if not store.parts("finetune", store.results_root(root)):
         return {}
     rows = store.fetch(
-        "SELECT trial_id, bool_or(status = 'done'), count(*) FROM finetune GROUP BY trial_id",
+        "SELECT trial_id, bool_or(status = 'done'), bool_or(status = 'stopped'), count(*) "
+        "FROM finetune GROUP BY trial_id",
         None,
         root,
         ["finetune"],
     )
-    return {t: TrialState("done" if done else "failed", n) for t, done, n in rows}
+    # a done row wins; a trial the scheduler stopped early is recorded, not failed
+    return {
+        t: TrialState("done" if done else ("stopped" if stopped else "failed"), n)
+        for t, done, stopped, n in rows
+    }

@@ -224,18 +224,22 @@ def _trainable(config: dict[str, Any]) -> None:
     status, nc_written = (None, False)
     if attempt > 1:
         status, nc_written = _earlier_rows(config["root"], tid, meta.get("rows", 0))
-    if status is None:  # not recorded by an earlier attempt: run it
-        if _run_and_record(config, attempt, write_nc=not nc_written) == "failed":
-            tune.report({"val_acc": math.nan, "failed": 1, "attempt": attempt})
-    else:  # an earlier attempt recorded it, then its process died
-        failed = int(status == "failed")
-        tune.report({"val_acc": math.nan, "skipped": 1, "failed": failed, "attempt": attempt})
-    (Path(experiment) / RUNNING / f"{tid}.json").unlink(missing_ok=True)
+    try:
+        if status is None:  # not recorded by an earlier attempt: run it
+            if _run_and_record(config, attempt, write_nc=not nc_written) == "failed":
+                tune.report({"val_acc": math.nan, "failed": 1, "attempt": attempt})
+        else:  # an earlier attempt recorded it, then its process died
+            failed = int(status == "failed")
+            tune.report({"val_acc": math.nan, "skipped": 1, "failed": failed, "attempt": attempt})
+    finally:  # also when the scheduler stops the trial (SystemExit inside tune.report)
+        (Path(experiment) / RUNNING / f"{tid}.json").unlink(missing_ok=True)
 
 
 def _run_and_record(config: dict[str, Any], attempt: int, write_nc: bool = True) -> str:
     """Run the trial and write its rows; return ``done``, or ``failed`` for an exception of the
-    trial (recorded with its reason). MemoryError propagates: Tune retries it."""
+    trial (recorded with its reason). A trial the scheduler stops early (ASHA ends it inside
+    ``tune.report``) gets a ``stopped`` row with the epochs it ran and its best validation
+    accuracy so far. MemoryError propagates: Tune retries it."""
     import ray
     from ray import tune
 
@@ -246,12 +250,26 @@ def _run_and_record(config: dict[str, Any], attempt: int, write_nc: bool = True)
     prov = store.Provenance.collect({"kind": "finetune", **trial}, "finetune")
     base = _row_base(trial, meta, ray.get_runtime_context().get_node_id())
     t0 = time.perf_counter()
+    seen: dict[str, Any] = dict(epochs=0, val_acc=None, best_epoch=None)
+
+    def report(**m: Any) -> None:
+        seen["epochs"] = m["epoch"]
+        if seen["val_acc"] is None or m["val_acc"] > seen["val_acc"]:
+            seen["val_acc"], seen["best_epoch"] = m["val_acc"], m["epoch"]
+        tune.report(dict(m, attempt=attempt))
+
     try:
-        row = finetune.run_trial(
-            finetune.TrialConfig(**trial),
-            report=lambda **m: tune.report(dict(m, attempt=attempt)),
-        )
+        row = finetune.run_trial(finetune.TrialConfig(**trial), report=report)
     except MemoryError:
+        raise
+    except SystemExit:  # the scheduler stopped the trial at a rung: record how far it got
+        why = f"stopped early by the scheduler after {seen['epochs']} of {trial['epochs']} epochs"
+        stopped = dict(base, status="stopped", error=why, wall_s=time.perf_counter() - t0)
+        stopped.update(
+            epochs=seen["epochs"], val_acc=seen["val_acc"], best_epoch=seen["best_epoch"]
+        )
+        store.append("finetune", [stopped], root)
+        store.record_run(prov, "stopped", root, error=why)
         raise
     except Exception as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:500]
@@ -359,6 +377,7 @@ def _tuner(spec: Any, base: Path, path: Path, pending: list[dict[str, Any]], ech
             grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor,
             max_t=max(t["trial"]["epochs"] for t in pending),
+            stop_last_trials=False,  # a trial that reaches max_t finishes and records `done`
         )
     return tune.Tuner(
         trainable,
@@ -392,7 +411,7 @@ def pending_trials(
     out = []
     for t in trials:
         st = states.get(t["trial_id"])
-        if st is None or (retry_failed and st.status != "done"):
+        if st is None or (retry_failed and st.status == "failed"):
             out.append(dict(t, rows=st.rows if st else 0))
     return out
 
@@ -423,6 +442,14 @@ def _record_lost(errored: list[Any], pending: list[dict[str, Any]], base: Path, 
         store.record_run(prov, "failed", base, error=reason)
 
 
+def _stopped(base: Path, pending: list[dict[str, Any]]) -> int:
+    """How many of the trials just run the scheduler stopped early (their `stopped` rows)."""
+    from harness import ledger
+
+    states = ledger.trial_states(base)
+    return sum(1 for t in pending if getattr(states.get(t["trial_id"]), "status", "") == "stopped")
+
+
 def run(
     spec: Any, *, root=None, address: str | None = None, echo=print, retry_failed: bool = False
 ) -> dict[str, int]:
@@ -439,6 +466,10 @@ def run(
     )
     if not pending:
         return dict(total=len(trials), ran=0, failed=0)
+    if spec.scheduler == "asha":  # in grid order each new trial tends to beat its rung: shuffle
+        import random
+
+        random.Random(spec.search_seed).shuffle(pending)
     with rayrun.runtime(address, base, echo):
         path = _experiment(spec, base, pending)
         grid = list(_tuner(spec, base, path, pending, echo).fit())
@@ -449,8 +480,10 @@ def run(
     )
     retried = sum(1 for r in grid if (r.metrics or {}).get("attempt", 1) > 1)
     again = f", {retried} run again after their process died" if retried else ""
+    stopped = _stopped(base, pending) if spec.scheduler == "asha" else 0
+    early = f", {stopped} stopped early by ASHA" if stopped else ""
     echo(
-        f"ran {len(grid)} trials: {len(grid) - failed} done, {failed} failed{again} "
+        f"ran {len(grid)} trials: {len(grid) - failed - stopped} done{early}, {failed} failed{again} "
         f"(rows in {base / 'finetune'}; experiment {path})"
     )
     line = store.compaction_line(store.compact_tables(("finetune", "nc", "runs"), base))

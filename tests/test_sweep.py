@@ -112,6 +112,39 @@ def test_local_ray_sweep_records_every_trial_once(results, tmp_path, checkpoint)
 
 
 @pytest.mark.ray
+def test_asha_records_stopped_and_finished_trials_once(results, tmp_path, checkpoint):
+    spec = spec_file(
+        tmp_path,
+        checkpoint,
+        grid=dict(method=["linear_probe"], per_class=[5], lr=[0.3, 0.1, 0.03, 0.01, 0.003, 0.001]),
+        scheduler="asha",
+        grace_period=1,
+        reduction_factor=3,
+    )
+    spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 4"))
+    r = harness("sweep", str(spec))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = finetune_rows(results)
+    assert len(rows) == 6 and len({row["trial_id"] for row in rows}) == 6  # one row each
+    stopped = [row for row in rows if row["status"] == "stopped"]
+    done = [row for row in rows if row["status"] == "done"]
+    assert stopped and done and len(stopped) + len(done) == 6, [row["status"] for row in rows]
+    epochs = {row["trial_id"]: row["epochs"] for row in finetune_rows_full(results)}
+    assert all(epochs[row["trial_id"]] < 4 for row in stopped)
+    assert f"{len(stopped)} stopped early by ASHA" in r.stdout
+    again = harness("sweep", str(spec))
+    assert again.returncode == 0 and "0 to run, 6 recorded" in again.stdout, again.stdout
+    assert not list((results / "ray").rglob("running/*.json"))
+
+
+def finetune_rows_full(root) -> list[dict]:
+    con = store.connect(root)
+    cur = con.execute("SELECT trial_id, epochs, val_acc, status FROM finetune")
+    cols = ("trial_id", "epochs", "val_acc", "status")
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+@pytest.mark.ray
 def test_layer_auto_picks_lowest_downstream_nc1(results, tmp_path, checkpoint):
     spec = spec_file(
         tmp_path,

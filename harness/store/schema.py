@@ -24,7 +24,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             pa.field("run_id", pa.string(), nullable=False),
             pa.field("kind", pa.string(), nullable=False),  # pretrain | measure | finetune | ...
-            pa.field("status", pa.string(), nullable=False),  # running | done | failed
+            pa.field("status", pa.string(), nullable=False),  # running | done | failed | stopped
             pa.field("config", pa.string()),  # canonical config JSON
             pa.field("git_sha", pa.string()),
             pa.field("git_dirty", pa.bool_()),

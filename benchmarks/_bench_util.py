@@ -1,0 +1,80 @@
+"""Shared pieces of the sweep benchmarks (bench_asha, bench_layer_auto): a temporary results
+root, tiny pre-trained checkpoints made through the harness's own submit path, and store rows
+as dicts. Not a benchmark itself."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def temp_results(prefix: str) -> Iterator[Path]:
+    """A temporary folder used as ``$HARNESS_RESULTS`` for the duration (never ./results);
+    removed afterwards, the previous value restored."""
+    from harness.store.parts import RESULTS_ENV
+
+    old = os.environ.get(RESULTS_ENV)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.environ[RESULTS_ENV] = tmp
+        try:
+            yield Path(tmp)
+        finally:
+            if old is None:
+                os.environ.pop(RESULTS_ENV, None)
+            else:
+                os.environ[RESULTS_ENV] = old
+
+
+def rows(sql: str, root: Path, table: str) -> list[dict[str, Any]]:
+    """The rows of one query over ``table`` of the store at ``root`` (none while the table
+    has no part)."""
+    from harness import store
+
+    if not store.parts(table, root):
+        return []
+    return store.execute(sql, root).to_pylist()
+
+
+def pretrain(
+    root: Path,
+    archs: list[str],
+    *,
+    dataset: str = "fashion_mnist",
+    epochs: int = 2,
+    limit: int = 2000,
+    echo=print,
+) -> tuple[list[dict[str, Any]], float]:
+    """Pre-train one checkpoint per architecture as ``harness submit --executor local`` does
+    (a one-axis grid over ``arch``); returns ([{checkpoint, arch, run_id}], seconds)."""
+    from harness.config import SubmitSpec
+    from harness.submit import submit
+
+    spec = SubmitSpec.from_dict(
+        dict(
+            name="bench-pretrain",
+            resources=dict(nodes=1, tasks_per_node=1, cpus_per_task=1, mem_gb=4, timeout_min=60),
+            base=dict(
+                dataset=dataset, limit=limit, epochs=epochs, batch_size=128, lr=0.02, nc_limit=500
+            ),
+            grid=dict(arch=list(archs)),
+        ),
+        "bench pre-training spec",
+    )
+    t0 = time.perf_counter()
+    submit(spec, "local", root=root, echo=lambda line: echo(f"  {line}"))
+    took = time.perf_counter() - t0
+    found = rows("SELECT checkpoint, arch, run_id FROM pretrain ORDER BY arch", root, "pretrain")
+    missing = set(archs) - {r["arch"] for r in found}
+    if missing:
+        raise SystemExit(f"pre-training recorded no checkpoint for {', '.join(sorted(missing))}")
+    return found, took
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
