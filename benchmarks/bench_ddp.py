@@ -27,7 +27,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-ddp-", dir="/tmp") as tmp:
         ex = launch.make_executor(
-            "slurm", f"{tmp}/jobs", launch.Resources(nodes=2, tasks_per_node=1, timeout_min=20)
+            "slurm", f"{tmp}/jobs", config.Resources(nodes=2, tasks_per_node=1, timeout_min=20)
         )
         job = ex.submit(pretrain.PretrainJob(), cfg.model_dump(mode="json"), f"{tmp}/ddp")
         ddp = job.results()[0]["images_per_s"]

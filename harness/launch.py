@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +36,9 @@ def choose_executor(requested: str | None = None) -> tuple[str, str]:
     return "local", "no reachable SLURM controller (sbatch/sinfo)"
 
 
-@dataclass
-class Resources:
-    """What one job asks for; the same fields come from a spec or the command line."""
-
-    nodes: int = 1
-    tasks_per_node: int = 1
-    cpus_per_task: int = 1
-    mem_gb: float | None = None
-    timeout_min: int = 60
-    partition: str | None = None
-    signal_delay_s: int = 90
-    max_num_timeout: int = 3
-    requeue: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def make_executor(kind: str, folder: str | os.PathLike, res: Resources, name: str = "harness"):
-    """A submitit executor of ``kind`` with ``res`` applied (SLURM-only fields only on SLURM)."""
+def make_executor(kind: str, folder: str | os.PathLike, res: Any, name: str = "harness"):
+    """A submitit executor of ``kind`` with ``res`` applied (SLURM-only fields only on SLURM).
+    ``res`` is a spec's ``harness.config.Resources`` (what each job asks for)."""
     import submitit
 
     if kind not in EXECUTORS:
@@ -74,7 +59,7 @@ def make_executor(kind: str, folder: str | os.PathLike, res: Resources, name: st
         params["mem_gb"] = res.mem_gb
     if kind == "slurm":
         params["slurm_signal_delay_s"] = res.signal_delay_s
-        extra = dict(res.extra)
+        extra = dict(getattr(res, "extra", None) or {})
         if res.requeue:
             extra.setdefault("requeue", True)
         if extra:

@@ -23,24 +23,6 @@ from harness.errors import HarnessError
 Echo = Callable[[str], None]
 
 
-def resources(spec_res: Any) -> Any:
-    """The spec's resources as launch.Resources."""
-    from harness import launch
-
-    r = spec_res
-    return launch.Resources(
-        nodes=r.nodes,
-        tasks_per_node=r.tasks_per_node,
-        cpus_per_task=r.cpus_per_task,
-        mem_gb=r.mem_gb,
-        timeout_min=r.timeout_min,
-        partition=r.partition,
-        signal_delay_s=r.signal_delay_s,
-        max_num_timeout=r.max_num_timeout,
-        requeue=r.requeue,
-    )
-
-
 def preflight(runs: Sequence[Any]) -> None:
     """Check what a job would only find out on the cluster (dataset roots) before submitting."""
     from harness import data
@@ -131,7 +113,7 @@ def _slurm(ex: Any, todo: list[Any], spec: Any, base: Path, hold: bool, echo: Ec
     check_capacity(len(todo), limits, queued)
     chunks = array_chunks(len(todo), limits.max_array_size)
     par = spec.resources.array_parallelism
-    res = resources(spec.resources)
+    res = spec.resources
     jobs: list[Any] = []
     prev: str | None = None
     for k, idx in enumerate(chunks):
@@ -203,9 +185,7 @@ def submit(
         if not p.todo:
             return []
         todo = [by_id[r] for r in p.todo]
-        ex = launch.make_executor(
-            kind, folder, resources(spec.resources), name=f"harness-{spec.name}"
-        )
+        ex = launch.make_executor(kind, folder, spec.resources, name=f"harness-{spec.name}")
         if kind == "slurm":
             jobs = _slurm(ex, todo, spec, base, hold, echo)
         else:  # claim the runs: a concurrent submit sees them live while this process runs them
@@ -243,7 +223,7 @@ def _run_waves(
 ) -> list[Any]:
     """Local / debug: jobs in waves as wide as this machine's cores allow, each awaited. Local
     jobs are guarded (``harness.orphans``): they are stopped if this process dies."""
-    res = resources(spec.resources)
+    res = spec.resources
     per_job = res.cpus_per_task * res.tasks_per_node
     width = max(1, (os.cpu_count() or 1) // per_job) if kind == "local" else 1
     jobs: list[Any] = []
@@ -285,7 +265,7 @@ def _run_wave(
     """Submit one wave and wait for it (``live``: the jobs being awaited; failures' texts are
     added to ``failed``). A job whose process died (signal, OOM kill) is submitted again up to
     ``max_retries`` times; a job that raised is not. Returns every job submitted."""
-    res = resources(spec.resources)
+    res = spec.resources
     retries = int(getattr(spec.resources, "max_retries", 2))
     jobs: list[Any] = []
     for attempt in range(retries + 1):

@@ -104,7 +104,7 @@ from harness import config, ledger, launch, submit
 s = config.load_spec({str(spec)!r})
 submit.preflight(s.runs())
 ledger.plan({str(tmp_path / "r")!r}, [c.run_id() for c in s.runs()])
-launch.make_executor("local", {str(tmp_path / "logs")!r}, submit.resources(s.resources))
+launch.make_executor("local", {str(tmp_path / "logs")!r}, s.resources)
 from harness.pretrain import PretrainJob  # what submitit pickles
 """
     assert not loaded_after(code) & set(HEAVY)

@@ -12,7 +12,7 @@ import torch
 from nc_reference import reference_nc
 from tests_util import HARNESS
 
-from harness import launch, models, store
+from harness import config, launch, models, store
 from harness.errors import HarnessError
 from harness.measure import MeasureSpec, measure
 
@@ -227,7 +227,7 @@ def test_ddp_measure_on_slurm_equals_one_process(slurm_cluster, checkpoint, shar
         dataset="digits", checkpoint=str(checkpoint), limit=501, batch_size=50, ncc=True
     )
     ex = launch.make_executor(
-        "slurm", shared_tmp / "jobs", launch.Resources(nodes=2, tasks_per_node=1, timeout_min=10)
+        "slurm", shared_tmp / "jobs", config.Resources(nodes=2, tasks_per_node=1, timeout_min=10)
     )
     ddp_root = shared_tmp / "ddp"
     job = ex.submit(_measure_job, spec, str(ddp_root))

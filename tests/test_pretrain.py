@@ -44,7 +44,7 @@ def _train_job(cfg: dict, root: str) -> dict:
 def test_two_node_ddp_equals_one_process(slurm_cluster, shared_tmp):
     cfg = config.PretrainConfig(**TINY)
     ex = launch.make_executor(
-        "slurm", shared_tmp / "jobs", launch.Resources(nodes=2, tasks_per_node=1, timeout_min=10)
+        "slurm", shared_tmp / "jobs", config.Resources(nodes=2, tasks_per_node=1, timeout_min=10)
     )
     job = ex.submit(pretrain.PretrainJob(), cfg.model_dump(mode="json"), str(shared_tmp / "ddp"))
     torch.set_num_threads(1)  # as each SLURM task (1 cpu): same reduction order in GEMMs
@@ -77,7 +77,7 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, shared_tmp):
         nc_limit=500,
     )
     root = shared_tmp / "pre"
-    ex = launch.make_executor("slurm", shared_tmp / "jobs", launch.Resources(timeout_min=60))
+    ex = launch.make_executor("slurm", shared_tmp / "jobs", config.Resources(timeout_min=60))
     job = ex.submit(pretrain.PretrainJob(), cfg.model_dump(mode="json"), str(root))
     ckpt = pretrain.run_dir(root, cfg.run_id()) / pretrain.CHECKPOINT_NAME
     deadline = time.monotonic() + 240

@@ -12,7 +12,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from harness import launch
+from harness import config, launch
 
 pytestmark = pytest.mark.slurm
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -22,7 +22,7 @@ def test_two_node_gloo_all_reduce(slurm_cluster, shared_tmp):
     ex = launch.make_executor(
         "slurm",
         shared_tmp / "jobs",
-        launch.Resources(nodes=2, tasks_per_node=1, cpus_per_task=1, timeout_min=5),
+        config.Resources(nodes=2, tasks_per_node=1, cpus_per_task=1, timeout_min=5),
     )
     job = ex.submit(launch.probe_distributed)
     results = job.results()
@@ -43,7 +43,7 @@ def _sleep_through_signals(seconds: float) -> None:
 
 def test_job_killed_at_time_limit_fails_clearly(slurm_cluster, shared_tmp):
     ex = launch.make_executor(
-        "slurm", shared_tmp / "jobs", launch.Resources(timeout_min=1, signal_delay_s=30)
+        "slurm", shared_tmp / "jobs", config.Resources(timeout_min=1, signal_delay_s=30)
     )
     job = ex.submit(_sleep_through_signals, 600)
     with pytest.raises(submitit.core.utils.UncompletedJobError) as err:

@@ -55,12 +55,15 @@ def harness(*args, timeout=900):
     return subprocess.run([HARNESS, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def finetune_rows(root) -> list[dict]:
+FINETUNE_COLUMNS = (
+    "trial_id, method, layer, per_class, lr, status, error, test_acc, trainable_params, "
+    "total_params"
+)
+
+
+def finetune_rows(root, columns: str = FINETUNE_COLUMNS) -> list[dict]:
     con = store.connect(root)
-    cur = con.execute(
-        "SELECT trial_id, method, layer, per_class, lr, status, error, test_acc, "
-        "trainable_params, total_params FROM finetune ORDER BY method"
-    )
+    cur = con.execute(f"SELECT {columns} FROM finetune ORDER BY method")
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -129,19 +132,12 @@ def test_asha_records_stopped_and_finished_trials_once(results, tmp_path, checkp
     stopped = [row for row in rows if row["status"] == "stopped"]
     done = [row for row in rows if row["status"] == "done"]
     assert stopped and done and len(stopped) + len(done) == 6, [row["status"] for row in rows]
-    epochs = {row["trial_id"]: row["epochs"] for row in finetune_rows_full(results)}
+    epochs = {row["trial_id"]: row["epochs"] for row in finetune_rows(results, "trial_id, epochs")}
     assert all(epochs[row["trial_id"]] < 4 for row in stopped)
     assert f"{len(stopped)} stopped early by ASHA" in r.stdout
     again = harness("sweep", str(spec))
     assert again.returncode == 0 and "0 to run, 6 recorded" in again.stdout, again.stdout
     assert not list((results / "ray").rglob("running/*.json"))
-
-
-def finetune_rows_full(root) -> list[dict]:
-    con = store.connect(root)
-    cur = con.execute("SELECT trial_id, epochs, val_acc, status FROM finetune")
-    cols = ("trial_id", "epochs", "val_acc", "status")
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 @pytest.mark.ray
