@@ -7,11 +7,12 @@ run twice through the harness's real Ray Tune sweep (``harness.sweep.run``), eac
 temporary results root: once with ``scheduler: none`` and once with ``scheduler: asha``
 (``grace_period`` 1, ``reduction_factor`` 3, ``max_t`` = the epochs), same seeds.
 
-ASHA runs twice: on the trials in the order the harness hands a grid to Ray Tune (the product
-order of the grid: method outermost, then learning rates rising, ...) and on the same trials in a
-seeded random order (an empty grid, the trials as ``base`` + ``include`` points: same trial ids).
-Asynchronous successive halving promotes a trial that beats the ones already at its rung, so a
-steadily improving order lets most trials through; a random order is what it assumes.
+ASHA runs twice: on the spec as a grid and on the same trials listed in another seeded random
+order (an empty grid, the trials as ``base`` + ``include`` points: same trial ids). Under
+``scheduler: asha`` the harness itself hands the trials to Ray Tune in a random order seeded by
+``search_seed`` (in the grid's product order each new trial tends to beat the ones at its rung
+and is promoted), so the two runs are two random orders: the spread between them is the
+order's effect on the compute saved.
 
 Printed: trial-epochs (compute) of each run, counted from the Ray experiment's per-trial
 results (the last ``training_iteration`` of each trial: one report per epoch) and checked
@@ -50,7 +51,7 @@ NAME = "bench-asha"
 
 
 def sweep_spec(ckpt: str, args: argparse.Namespace, scheduler: str, order: str) -> SweepSpec:
-    """The search space as a grid (``order`` "grid": the harness runs it in product order), or
+    """The search space as a grid (``order`` "grid"; under ASHA the harness shuffles it), or
     the same trials in a seeded random order ("shuffled": the first as ``base``, an empty grid,
     the rest as ``include`` entries; the trial ids are the same)."""
     lrs = np.geomspace(args.lr_min, args.lr_max, args.lrs)
