@@ -539,7 +539,7 @@ def test_all_reduce_of_float32_plan_over_two_ranks(tmp_path):
     features = features.astype(np.float32)
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_all_reduce_rank, args=(2, init, features, labels, tmp_path / "m"), nprocs=2)
-    got = [torch.load(tmp_path / f"m.{r}") for r in range(2)]
+    got = [torch.load(tmp_path / f"m.{r}", weights_only=True) for r in range(2)]
     assert got[0] == got[1]  # every rank ends equal
     ref = reference_nc(features.astype(np.float64), labels, 5)
     assert_matches(got[0], ref, rtol=PLAN_RTOL, nc1_rtol=PLAN_RTOL)
