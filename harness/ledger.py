@@ -231,11 +231,6 @@ def _resubmitted(rec: JobRecord, row: dict[str, Any]) -> bool:
     return dt.datetime.fromisoformat(rec.submitted_at) > ended
 
 
-def recorded_trials(root: str | os.PathLike | None = None) -> set[str]:
-    """Fine-tuning trials that already have a row (done, or failed with its reason)."""
-    return set(trial_states(root))
-
-
 @dataclass(frozen=True)
 class TrialState:
     """A trial's latest state in ``finetune`` (a done row wins: a trial is run again only while

@@ -13,7 +13,6 @@ import contextlib
 import io
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +72,6 @@ def launch_error(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     errs = [ln for ln in lines if "Error" in ln or "Exception" in ln]
     return (errs[-1] if errs else (lines[-1] if lines else type(e).__name__))[:300]
-
-
-@dataclass
-class Submission:
-    """One ``submit`` call: the executor used, the submitted submitit jobs, and the folder."""
-
-    kind: str
-    folder: Path
-    jobs: list[Any]
 
 
 def _submit_array(ex: Any, cfgs: Sequence[Any], base: Path, threads: int) -> list[Any]:

@@ -48,7 +48,6 @@ from harness.store.read import (
     latest_runs,
     one_line,
     reading,
-    recorded_trials,
 )
 from harness.store.schema import SCHEMAS, SORT_KEYS, TABLES, StoreError, sql_type, validate_rows
 
@@ -86,7 +85,6 @@ __all__ = [
     "package_versions",
     "parts",
     "record_run",
-    "recorded_trials",
     "results_root",
     "retrying",
     "run_id",

@@ -173,14 +173,6 @@ def done_ids(
     return {r[0] for r in rows}
 
 
-def recorded_trials(root: str | os.PathLike | None = None) -> set[str]:
-    """Trial ids with a `finetune` row (done, or failed with a recorded reason)."""
-    if not parts("finetune", root):
-        return set()
-    rows = fetch("SELECT DISTINCT trial_id FROM finetune", None, root, ["finetune"])
-    return {r[0] for r in rows}
-
-
 def is_done(run_id_: str, root: str | os.PathLike | None = None) -> bool:
     """True when some attempt of ``run_id_`` finished with status ``done``."""
     return run_id_ in done_ids(root, [run_id_])
