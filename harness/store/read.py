@@ -52,9 +52,13 @@ def _checked_view(con: Any, table: str, files: list[Path]) -> list[Damage]:
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {_view_sql(table, files)}")
         if not files or view_fits(table, con.execute(f"DESCRIBE {table}").fetchall()):
             return []
-    except duckdb.Error:
-        pass
+    except duckdb.Error as e:
+        if is_missing_file_error(e):
+            raise  # a compaction replaced parts under us: not damage, read a fresh snapshot
     bad = scan_files(table, files)
+    gone = [d.path for d in bad if not d.path.exists()]
+    if gone:  # deleted by a compaction while we looked: a fresh snapshot has their rows
+        raise FileNotFoundError(f"No such file: {gone[0]}")
     drop = {d.path for d in bad}
     good = [f for f in files if f not in drop]
     con.execute(f"CREATE OR REPLACE VIEW {table} AS {_view_sql(table, good)}")
