@@ -98,6 +98,10 @@ FIELDS: dict[str, Range] = {
     "max_concurrent": COUNT,
     # the report
     "bootstrap": Range(10, 1_000_000),
+    # a finding's primary test
+    "margin": Range(0, 1, integer=False),
+    "min_units": Range(2, 100_000),
+    "ci": Range(0, 1, integer=False, lo_open=True, hi_open=True),
 }
 
 # numeric options inside the option mappings of a run or trial, by mapping and option name

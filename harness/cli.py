@@ -300,9 +300,9 @@ class Run(Command):
         _add_set(p, "pretrain.base.epochs=1")
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import config, study
+        from harness import config, study, studyspec
 
-        spec = config.load_spec(args.spec, args.set, kind=config.StudySpec)
+        spec = config.load_spec(args.spec, args.set, kind=studyspec.StudySpec)
         executor = None if args.executor in (None, "auto") else args.executor
         study.run(spec, root=args.results, executor=executor, address=args.address)
         return 0

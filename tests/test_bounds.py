@@ -13,7 +13,7 @@ from dataclasses import fields as dc_fields
 import pytest
 from tests_util import HARNESS
 
-from harness import bounds, catalog, config, data
+from harness import bounds, catalog, config, data, studyspec
 from harness import finetune as ft
 from harness.errors import HarnessError
 from harness.finetune.trial import _check_settings
@@ -124,9 +124,10 @@ MINIMAL = {
     config.Resources: {},
     config.SubmitSpec: {"name": "x"},
     config.SweepSpec: {"name": "x", "checkpoints": {"paths": ["x.pt"]}, "base": TRIAL_BASE},
-    config.MeasureSettings: {},
-    config.ScoreSettings: {},
-    config.ReportSettings: {},
+    studyspec.MeasureSettings: {},
+    studyspec.ScoreSettings: {},
+    studyspec.ReportSettings: {},
+    studyspec.PrimaryTest: {"x": "source_nc1", "y": "acc_linear_probe"},
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from tests_util import HARNESS
 
-from harness import config, store
+from harness import config, store, studyspec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_interrupted_run_completes_with_the_same_tables(tmp_path):
 
 
 def test_paper_spec_is_valid():
-    spec = config.load_spec(REPO / "benchmarks" / "paper.yaml", kind=config.StudySpec)
+    spec = config.load_spec(REPO / "benchmarks" / "paper.yaml", kind=studyspec.StudySpec)
     runs = spec.pretrain_spec().runs()
     assert {c.arch for c in runs} == {"resnet18", "resnet50", "vit_base_patch8_224"}
     assert {c.dataset for c in runs} == {"cifar100"}
@@ -165,7 +165,7 @@ def test_paper_spec_is_valid():
 
 
 def test_quick_spec_shape():
-    spec = config.load_spec(REPO / "benchmarks" / "quick.yaml", kind=config.StudySpec)
+    spec = config.load_spec(REPO / "benchmarks" / "quick.yaml", kind=studyspec.StudySpec)
     runs = spec.pretrain_spec().runs()
     assert {c.arch for c in runs} >= {"resnet_tiny", "vit_tiny"}
     assert len(runs) >= 4 and {c.dataset for c in runs} == {"fashion_mnist", "synthetic_hier"}
