@@ -146,6 +146,10 @@ class _Spec(BaseModel):
             raise _harness_error(where, e, cls) from None
 
 
+# PretrainConfig fields added after run ids were first handed out, with their defaults
+_LATER_FIELDS: dict[str, Any] = {"optimizer": "sgd"}
+
+
 class PretrainConfig(_Spec):
     """One pre-training run. Its canonical JSON (all fields, defaults included) is hashed into
     ``run_id``, so any field change makes a new run and equal configs share results."""
@@ -162,6 +166,7 @@ class PretrainConfig(_Spec):
     epochs: int = 5
     batch_size: int = 128  # global batch, across all ranks
     lr: float = 0.05
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw ignores momentum (ViTs train with it)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
@@ -223,10 +228,15 @@ class PretrainConfig(_Spec):
         return self
 
     def run_id(self) -> str:
-        """Content hash of the full config (stable across key order)."""
+        """Content hash of the full config (stable across key order). Fields added after the
+        first release are left out while at their default, so earlier run ids stay valid."""
         from harness.store import run_id
 
-        return run_id(self.model_dump(mode="json"))
+        dump = self.model_dump(mode="json")
+        for name, default in _LATER_FIELDS.items():
+            if dump.get(name) == default:
+                dump.pop(name)
+        return run_id(dump)
 
     def short_name(self) -> str:
         """Readable (not unique) label, e.g. ``resnet_tiny-ce-none-h0-e5-s0``."""

@@ -25,6 +25,24 @@ from harness.errors import HarnessError
 from harness.fileio import disk_full_cause
 from harness.schedule import cosine_lr
 
+
+def _sgd(params: Any, cfg: Any) -> Any:
+    import torch
+
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _adamw(params: Any, cfg: Any) -> Any:
+    import torch
+
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# optimiser by name (``PretrainConfig.optimizer``): fn(parameters, config); the learning rate is
+# then set per epoch by the cosine schedule. AdamW is what ViTs are trained with; SGD+momentum
+# what ResNets are.
+OPTIMIZERS: dict[str, Any] = {"sgd": _sgd, "adamw": _adamw}
+
 CHECKPOINT_NAME = "last.pt"  # the newest epoch checkpoint; the final one once the run is done
 PREVIOUS_NAME = "prev.pt"  # the one before it, kept in case ``last.pt`` turns out unreadable
 
@@ -159,9 +177,7 @@ def _set_up(cfg: Any, config: dict[str, Any], prov: Any, dist: Any, ckpt_path: P
     if device.type == "cuda" and dist.initialized:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
-    opt = torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    opt = OPTIMIZERS[cfg.optimizer](net.parameters(), cfg)
     return _Run(
         cfg=cfg,
         config=config,

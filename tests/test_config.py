@@ -192,3 +192,24 @@ def test_from_dict_uses_where_and_submit_spec_validates_runs_eagerly():
         where="inline",
     )
     assert message.startswith("inline: base.momentum") and ">= 0 and < 1 (got 1.0)" in message
+
+
+def test_optimizer_default_keeps_earlier_run_ids_and_adamw_is_a_new_run():
+    """``optimizer`` came after run ids were handed out: at its default it is not hashed."""
+    from harness import pretrain, store
+
+    cfg = PretrainConfig(arch="resnet_tiny", dataset="digits")
+    dump = cfg.model_dump(mode="json")
+    assert dump.pop("optimizer") == "sgd"
+    assert cfg.run_id() == store.run_id(dump)
+    adamw = PretrainConfig(arch="resnet_tiny", dataset="digits", optimizer="adamw")
+    assert adamw.run_id() != cfg.run_id()
+    import torch
+
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(pretrain.OPTIMIZERS["adamw"](w, adamw), torch.optim.AdamW)
+    assert isinstance(pretrain.OPTIMIZERS["sgd"](w, cfg), torch.optim.SGD)
+    with pytest.raises(HarnessError, match="optimizer"):
+        PretrainConfig.from_dict(
+            {"arch": "resnet_tiny", "dataset": "digits", "optimizer": "adam"}
+        )
