@@ -60,7 +60,9 @@ def logme(features: Any, labels: Any, *, max_iter: int = 1000, tol: float = 1e-1
     models", 2021): with F = U·diag(s)·Vᵀ, x = Uᵀt, λ = α/β,
     γ = Σ σ_i/(σ_i + λ), α ← γ/‖m‖², β ← (N − γ)/‖Fm − t‖², until λ changes by less than ``tol``
     (relative). Unlike the authors' code, zero eigenvalues beyond the rank keep their log α terms,
-    so L is the exact log marginal likelihood also when D > N; the iteration runs to convergence
+    so L is the exact log marginal likelihood also when D > N (there the authors' code reports
+    this value plus (D − rank)/(2N)·log α per class, so its numbers are larger and change with
+    the feature scale; this one does not); the iteration runs to convergence
     rather than at most 11 steps and without their 1e-5 guards. When the features span the
     targets exactly (rank N), the supremum is approached as β → ∞; the iteration then stops where
     floating point ends it and reports L there.
