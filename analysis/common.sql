@@ -8,13 +8,15 @@
 -- * An NC row is on the *source* side when its dataset is the run's pre-training dataset, else on
 --   the *downstream* side. A row written by `harness measure --checkpoint` carries its own run id;
 --   it is attributed to the pre-training run whose checkpoint it measured.
--- * NC rows written by fine-tuning trials (run_id = trial id: the fine-tuned features) are left
---   out; the analyses relate *pre-trained* features to transfer.
--- * The penultimate layer is the largest layer_index measured for a run, dataset and split.
+-- * NC rows written by fine-tuning trials (run_id = trial id: the fine-tuned features) are kept
+--   apart: nc_named holds the *pre-trained* features, nc_trial the fine-tuned ones of each trial.
+-- * The penultimate layer is the largest layer_index measured for a run (or trial), dataset and
+--   split.
 -- * Fine-tuning: done trials only; seeds are averaged per configuration (method, layer, budget,
---   epochs, lr, weight decay); the configuration with the best mean validation accuracy (ties:
---   test accuracy) is reported with its mean test accuracy. per_class NULL means all data and
---   counts as the largest budget.
+--   epochs, lr, weight decay); the configuration with the best mean validation accuracy is
+--   reported with its mean test accuracy. Nothing is chosen on test accuracy: ties on
+--   validation accuracy go to fewer trainable parameters, then the smaller lr, epochs, weight
+--   decay, then the layer name. per_class NULL means all data and counts as the largest budget.
 pretrain_one AS (  -- one row per pre-training run (a repeated run: its longest-trained row)
     SELECT * FROM pretrain
     QUALIFY row_number() OVER (
@@ -64,13 +66,15 @@ ft_layer AS (  -- best configuration per run, dataset, method, layer and budget
     SELECT * FROM ft_config
     QUALIFY row_number() OVER (
         PARTITION BY run_id, dataset, method, layer, per_class
-        ORDER BY val_acc DESC NULLS LAST, test_acc DESC NULLS LAST) = 1
+        ORDER BY val_acc DESC NULLS LAST, trainable_params ASC NULLS LAST, lr ASC NULLS LAST,
+                 epochs ASC NULLS LAST, weight_decay ASC NULLS LAST, layer ASC NULLS FIRST) = 1
 ),
 ft_budget AS (  -- best configuration per run, dataset, method and budget (over layers)
     SELECT * FROM ft_layer
     QUALIFY row_number() OVER (
         PARTITION BY run_id, dataset, method, per_class
-        ORDER BY val_acc DESC NULLS LAST, test_acc DESC NULLS LAST) = 1
+        ORDER BY val_acc DESC NULLS LAST, trainable_params ASC NULLS LAST, lr ASC NULLS LAST,
+                 epochs ASC NULLS LAST, weight_decay ASC NULLS LAST, layer ASC NULLS FIRST) = 1
 ),
 ft_best AS (  -- ft_budget at the largest budget of each run, dataset and method
     SELECT * FROM ft_budget
@@ -82,4 +86,32 @@ ft_best_layer AS (  -- ft_layer at the largest budget of each run, dataset, meth
     WHERE layer IS NOT NULL
     QUALIFY coalesce(per_class, 9223372036854775807) = max(coalesce(per_class, 9223372036854775807))
         OVER (PARTITION BY run_id, dataset, method, layer)
+),
+nc_trial AS (  -- NC values of the fine-tuned features of each done trial (run_id = trial id)
+    SELECT t.trial_id, n.split, n.layer, n.layer_index, n.depth_frac,
+           CASE WHEN n.variant IS NULL OR n.variant = 'pinv' THEN n.metric
+                ELSE n.metric || '_' || n.variant END AS metric,
+           avg(n.value) AS value
+    FROM nc n
+    JOIN (SELECT DISTINCT trial_id FROM finetune WHERE status = 'done') t ON t.trial_id = n.run_id
+    GROUP BY ALL
+),
+nc_trial_pen AS (  -- the penultimate (pre_logits) layer of each trial's fine-tuned features
+    SELECT * FROM nc_trial
+    QUALIFY layer_index = max(layer_index) OVER (PARTITION BY trial_id, split)
+),
+ft_trial AS (  -- one row per done trial (a trial recorded twice: its longest attempt)
+    SELECT * FROM finetune
+    WHERE status = 'done'
+    QUALIFY row_number() OVER (PARTITION BY trial_id ORDER BY wall_s DESC NULLS LAST) = 1
+),
+ft_seed AS (  -- per checkpoint, dataset, method, budget and seed: the trial a user would keep.
+              -- Layers chosen by the sweep (`layer: auto`) first, else the best validation
+              -- accuracy over layers and hyper-parameters (ties as above, never test accuracy)
+    SELECT * FROM ft_trial
+    QUALIFY row_number() OVER (
+        PARTITION BY run_id, checkpoint, dataset, method, per_class, seed
+        ORDER BY coalesce(layer_choice LIKE 'auto%', false) DESC, val_acc DESC NULLS LAST,
+                 trainable_params ASC NULLS LAST, lr ASC NULLS LAST, epochs ASC NULLS LAST,
+                 weight_decay ASC NULLS LAST, layer ASC NULLS FIRST) = 1
 )

@@ -39,6 +39,25 @@ def _add_bootstrap(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 
+def _add_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--study",
+        default=None,
+        metavar="SPEC",
+        help="read only this study's runs and trials (a `harness run` spec); a shared results "
+        "root holds many studies",
+    )
+
+
+def _study_scope(path: str | None) -> list[str] | None:
+    """The pre-training run ids of the study spec at ``path`` (None: the whole root)."""
+    if path is None:
+        return None
+    from harness import config, studyspec
+
+    return config.load_spec(path, kind=studyspec.StudySpec).run_ids()
+
+
 class Command:
     """One subcommand: ``arguments`` declares its options, ``run`` calls the library."""
 
@@ -134,9 +153,10 @@ class Measure(Command):
         p.add_argument("--limit", type=int, default=None, help="use at most this many samples")
         p.add_argument(
             "--pool",
-            default="avg",
-            choices=["avg", "cls", "mean"],
-            help="ViT tokens: cls or mean (avg = mean); CNN maps are always averaged",
+            default="auto",
+            choices=["auto", "avg", "cls", "mean"],
+            help="ViT tokens: cls or mean (avg = mean); auto = what the model's classifier reads "
+            "(cls for a ViT classifying from CLS); CNN maps are always averaged",
         )
         p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised --model")
         p.add_argument(
@@ -240,11 +260,12 @@ class Correlate(Command):
         p.add_argument("--where", default=None, metavar="SQL", help="filter on the view's columns")
         p.add_argument(
             "--level",
-            choices=["model", "layer"],
+            choices=["model", "layer", "trial"],
             default=None,
-            help="one row per model and dataset, or per layer (default: layer when a layer "
-            "column is named, else model)",
+            help="one row per model and dataset, per layer, or per fine-tuning trial (default: "
+            "layer when a layer column is named, else model)",
         )
+        _add_study(p)
         p.add_argument(
             "--split", default="train", choices=["train", "val", "test"], help="NC split"
         )
@@ -269,6 +290,7 @@ class Correlate(Command):
             n_boot=args.bootstrap,
             seed=args.seed,
             ci=args.ci,
+            scope=_study_scope(args.study),
         )
 
 
@@ -279,11 +301,23 @@ class Report(Command):
     def arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", default=None, metavar="DIR", help="default: ./reports/latest")
         _add_bootstrap(p)
+        _add_study(p)
 
     def run(self, args: argparse.Namespace) -> int:
         from harness import analysis
 
-        return analysis.run_report(args.results, args.out, n_boot=args.bootstrap, seed=args.seed)
+        if args.study is None:
+            return analysis.run_report(
+                args.results, args.out, n_boot=args.bootstrap, seed=args.seed
+            )
+        from harness import config, store, study, studyspec
+
+        spec = config.load_spec(args.study, kind=studyspec.StudySpec)
+        report = {"bootstrap": args.bootstrap, "seed": args.seed}
+        report.update({"out": args.out} if args.out else {})
+        spec = spec.model_copy(update={"report": spec.report.model_copy(update=report)})
+        study.stage_report(spec, store.results_root(args.results), print)
+        return 0
 
 
 class Run(Command):

@@ -227,16 +227,21 @@ class PretrainConfig(_Spec):
             )
         return self
 
-    def run_id(self) -> str:
-        """Content hash of the full config (stable across key order). Fields added after the
-        first release are left out while at their default, so earlier run ids stay valid."""
-        from harness.store import run_id
-
+    def identity(self) -> dict[str, Any]:
+        """The config as hashed into ``run_id`` and recorded by the job: every field, except
+        that fields added after the first release are left out while at their default, so
+        earlier run ids stay valid."""
         dump = self.model_dump(mode="json")
         for name, default in _LATER_FIELDS.items():
             if dump.get(name) == default:
                 dump.pop(name)
-        return run_id(dump)
+        return dump
+
+    def run_id(self) -> str:
+        """Content hash of ``identity()`` (stable across key order)."""
+        from harness.store import run_id
+
+        return run_id(self.identity())
 
     def short_name(self) -> str:
         """Readable (not unique) label, e.g. ``resnet_tiny-ce-none-h0-e5-s0``."""

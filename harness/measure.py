@@ -17,6 +17,10 @@ from harness.errors import HarnessError
 
 @dataclass
 class MeasureSpec:
+    """One ``harness measure`` run. ``layers``: 'all' or names / indices at block granularity
+    (``models.select_layers``); ``pool``: how ViT tokens are pooled, ``auto`` (default) as the
+    model's own classifier does (CLS for ``global_pool='token'``, else the patch mean)."""
+
     dataset: str
     model: str | None = None
     checkpoint: str | None = None
@@ -24,7 +28,7 @@ class MeasureSpec:
     layers: str = "all"
     batch_size: int = 256
     limit: int | None = None
-    pool: str = "avg"
+    pool: str = "auto"
     seed: int = 0
     ncc: bool = False  # second pass for ncc_acc / nc4 (always run where a layer needs it)
     data_root: str | None = None
@@ -77,7 +81,7 @@ def measure_model(
     ds,
     layers,
     *,
-    pool: str = "avg",
+    pool: str | None = None,
     batch_size: int = 256,
     ncc: bool = False,
     classifier=None,
@@ -86,7 +90,8 @@ def measure_model(
     desc: str = "",
 ) -> tuple[list[LayerResult], int]:
     """NC of ``layers`` of ``model`` over dataset ``ds``: one forward pass per batch feeds every
-    layer's accumulator. Under torch.distributed (``dist``) each rank reads ``rank::world`` and the
+    layer's accumulator; ``pool`` None: the model's own pooling (``models.default_pool``), so
+    the features NC sees are the ones its classifier sees. Under torch.distributed (``dist``) each rank reads ``rank::world`` and the
     statistics are all-reduced, so every rank returns the global result. The model is put in eval
     mode (and restored), gradients are off. Returns (results, number of samples)."""
     import torch
@@ -191,6 +196,7 @@ def measure(
         info = ds.info
         model, ident, own_head = build_model(spec, info)
         layers = models.select_layers(model, spec.layers)
+        pool = models.resolve_pool(model, spec.pool)
         config = dict(
             kind="measure",
             **ident,
@@ -198,7 +204,7 @@ def measure(
             split=spec.split,
             layers=[ly.name for ly in layers],
             limit=spec.limit,
-            pool=spec.pool,
+            pool=pool,
             data_kwargs=spec.data_kwargs,
             ncc=spec.ncc,
         )
@@ -211,7 +217,7 @@ def measure(
             model,
             ds,
             layers,
-            pool=spec.pool,
+            pool=pool,
             batch_size=spec.batch_size,
             ncc=spec.ncc,
             classifier=cls,

@@ -43,13 +43,19 @@ def _small_resnet_stem(model: nn.Module, in_chans: int, stem_width: int) -> nn.M
 
 @register_preset("resnet_tiny")
 def resnet_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: Any) -> nn.Module:
-    """timm ResNet, BasicBlock [1,1,1,1], widths 16-128 (~0.3 M params)."""
+    """timm ResNet, BasicBlock [2,2,5,5], stage widths 16-24-32-32 after timm's 64-channel stem
+    (~0.22 M params).
+
+    Deep and narrow so that per-block fine-tuning matches the paper's regime: every block SCL may
+    use holds at most ~9% of the parameters (the last block, which SCL refuses, is no larger
+    than its neighbours). The low-resolution stages carry the depth, so an epoch costs about what
+    the former [1,1,1,1] 16-128 preset did."""
     from timm.models.resnet import BasicBlock, ResNet
 
     m = ResNet(
         BasicBlock,
-        [1, 1, 1, 1],
-        channels=(16, 32, 64, 128),
+        [2, 2, 5, 5],
+        channels=(16, 24, 32, 32),
         in_chans=in_chans,
         num_classes=num_classes,
         **kw,
@@ -59,7 +65,9 @@ def resnet_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: A
 
 @register_preset("vit_tiny")
 def vit_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: Any) -> nn.Module:
-    """timm VisionTransformer, depth 4, dim 64, 4 heads, patch 7 (16 tokens + CLS at 28 px)."""
+    """timm VisionTransformer, depth 12, dim 48, 3 heads, MLP ratio 2, patch 7 (16 tokens + CLS
+    at 28 px), classifying from CLS: each block is ~8% of the parameters (per-block fine-tuning
+    at the paper's fractions)."""
     from timm.models.vision_transformer import VisionTransformer
 
     patch = 7 if img_size % 7 == 0 else (4 if img_size % 4 == 0 else 2)
@@ -67,9 +75,9 @@ def vit_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: Any)
     return VisionTransformer(
         img_size=img_size,
         patch_size=patch,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
+        embed_dim=48,
+        depth=12,
+        num_heads=3,
         mlp_ratio=2.0,
         in_chans=in_chans,
         num_classes=num_classes,
@@ -299,40 +307,63 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class Layer:
+    """One measurable layer. ``stage`` is the timm ``feature_info`` module it belongs to: a
+    ResNet stage (``layer3``) for its residual blocks (``layer3.0``, ``layer3.1``), else the
+    layer itself (the stem ``act1``, a ViT block, ``pre_logits``)."""
+
     name: str
     index: int  # position among all layers of the model
     depth_frac: float  # (index + 1) / number of layers
-    kind: str  # "feature" (timm feature_info entry) or "pre_logits"
+    kind: str  # "feature" (a block or the stem) or "pre_logits"
+    stage: str = ""
 
 
 PRE_LOGITS = "pre_logits"
-POOLS = ("avg", "mean", "cls")
+AUTO_POOL = "auto"
+POOLS = (AUTO_POOL, "avg", "mean", "cls")
+
+
+def _root(model: nn.Module) -> nn.Module:
+    """The timm model whose ``feature_info`` names the layers (a PretrainNet's backbone)."""
+    return model.backbone if isinstance(model, PretrainNet) else model
 
 
 def model_layers(model: nn.Module) -> list[Layer]:
-    """Every measurable layer: timm's feature_info entries (stem/stages for CNNs, blocks for
-    ViTs), then the pre-logits representation the classifier reads."""
+    """Every measurable layer at block granularity: each timm ``feature_info`` entry, with a
+    stage that is a sequence of blocks (a ResNet ``layerN``) listed block by block
+    (``layerN.0``, ``layerN.1``, ...), then the pre-logits representation the classifier reads.
+    A stage's output is its last block's, so nothing measurable is lost by the split."""
     info = getattr(model, "feature_info", None)
     if not info:
         raise HarnessError(
             f"{type(model).__name__} has no timm feature_info; cannot list its layers"
         )
-    names = [f["module"] for f in info] + [PRE_LOGITS]
-    n = len(names)
+    root = _root(model)
+    named: list[tuple[str, str]] = []
+    for f in info:
+        mod = root.get_submodule(f["module"])
+        if isinstance(mod, nn.Sequential) and len(mod) > 0:
+            named += [(f"{f['module']}.{i}", f["module"]) for i in range(len(mod))]
+        else:
+            named.append((f["module"], f["module"]))
+    named.append((PRE_LOGITS, PRE_LOGITS))
+    n = len(named)
     return [
-        Layer(nm, i, (i + 1) / n, "pre_logits" if nm == PRE_LOGITS else "feature")
-        for i, nm in enumerate(names)
+        Layer(nm, i, (i + 1) / n, "pre_logits" if nm == PRE_LOGITS else "feature", stage)
+        for i, (nm, stage) in enumerate(named)
     ]
 
 
 def select_layers(model: nn.Module, spec: str | Sequence[str | int] = "all") -> list[Layer]:
-    """Layers by 'all', or names / indices (negative from the end), comma separated or a list."""
+    """Layers by 'all', or names / indices (negative from the end), comma separated or a list.
+    A whole stage's name (``layer3``) selects its last block, whose output is the stage's."""
     layers = model_layers(model)
     if isinstance(spec, str):
         if spec.strip() == "all":
             return layers
         spec = [s.strip() for s in spec.split(",") if s.strip()]
     by_name = {ly.name: ly for ly in layers}
+    by_name.update({ly.stage: ly for ly in layers if ly.stage not in by_name})  # last block wins
     out: list[Layer] = []
     for item in spec:
         s = str(item)
@@ -348,6 +379,22 @@ def select_layers(model: nn.Module, spec: str | Sequence[str | int] = "all") -> 
         if ly not in out:
             out.append(ly)
     return sorted(out, key=lambda ly: ly.index)
+
+
+def default_pool(model: nn.Module) -> str:
+    """The pooling the model's own classifier uses, so NC sees what the classifier sees: ``cls``
+    for a ViT that classifies from its CLS token (timm ``global_pool='token'``), else ``avg``
+    (CNN maps averaged; ViT patch tokens averaged, prefix tokens excluded)."""
+    return "cls" if getattr(_root(model), "global_pool", None) == "token" else "avg"
+
+
+def resolve_pool(model: nn.Module, pool: str | None) -> str:
+    """``pool``, with None / ``auto`` replaced by the model's own (``default_pool``)."""
+    if pool is None or pool == AUTO_POOL:
+        return default_pool(model)
+    if pool not in POOLS:
+        raise HarnessError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
+    return pool
 
 
 def _pool(t: Any, pool: str, n_prefix: int = 0) -> torch.Tensor:
@@ -372,20 +419,21 @@ def _pool(t: Any, pool: str, n_prefix: int = 0) -> torch.Tensor:
 class LayerFeatures:
     """One forward pass → pooled features of every selected layer (and the logits).
 
-    Uses timm's ``forward_intermediates``; models without it fall back to forward hooks on the
-    feature_info modules, removed again when the call ends.
+    Uses timm's ``forward_intermediates`` when every selected layer is a ``feature_info`` entry
+    (ViT blocks); otherwise (ResNet residual blocks, models without it) forward hooks on the
+    layers' dotted module names, removed again when the call ends. ``pool`` None or ``auto``:
+    the model's own pooling (``default_pool``).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[Layer], pool: str = "avg"):
-        if pool not in POOLS:
-            raise HarnessError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
+    def __init__(self, model: nn.Module, layers: Sequence[Layer], pool: str | None = None):
         self.model = model
         self.layers = list(layers)
-        self.pool = pool
+        self.pool = resolve_pool(model, pool)
         feats = [ly for ly in self.layers if ly.kind == "feature"]
-        self.indices = [ly.index for ly in feats]
+        fi_names = [f["module"] for f in getattr(model, "feature_info", None) or []]
         fi = getattr(model, "forward_intermediates", None)
-        self.use_fi = fi is not None
+        self.use_fi = fi is not None and all(ly.name in fi_names for ly in feats)
+        self.indices = [fi_names.index(ly.name) for ly in feats] if self.use_fi else []
         self.prefix = (
             self.use_fi
             and "return_prefix_tokens" in inspect.signature(fi).parameters
@@ -420,13 +468,13 @@ class LayerFeatures:
 
     def _hooked(self, x):
         caught: dict[str, torch.Tensor] = {}
-        mods = dict(getattr(self.model, "backbone", self.model).named_modules())
+        root = _root(self.model)
         handles = []
         try:
             for ly in self.layers:
                 if ly.kind == "feature":
                     handles.append(
-                        mods[ly.name].register_forward_hook(
+                        root.get_submodule(ly.name).register_forward_hook(
                             lambda _m, _i, o, name=ly.name: caught.__setitem__(name, o)
                         )
                     )

@@ -112,7 +112,7 @@ def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
 
     if isinstance(cfg, dict):
         cfg = PretrainConfig.from_dict(cfg)
-    config = cfg.model_dump(mode="json")
+    config = cfg.identity()  # what the run id hashes, so the job and ``submit`` agree on it
     prov = store.Provenance.collect(config, "pretrain")
     dist = launch.init_distributed()
     t0 = time.perf_counter()

@@ -9,16 +9,18 @@ ends with the same tables.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import store
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.analysis.findings import Finding
 
 Echo = Callable[[str], None]
 
@@ -196,151 +198,50 @@ def stage_scores(spec: Any, root: Path, echo: Echo) -> None:
 # Findings
 
 
-def _verdict(rho: float, lo: float, hi: float, expected_sign: int) -> str:
-    if any(math.isnan(v) for v in (rho, lo, hi)):
-        return "too few points to say"
-    if lo <= 0 <= hi:
-        return "inconclusive at this scale (the interval includes 0)"
-    agrees = (rho > 0) == (expected_sign > 0)
-    return "agrees with the paper" if agrees else "disagrees with the paper"
+def findings(spec: Any, root: Path) -> list[Finding]:
+    """The study's findings (``analysis.findings.evaluate``): each finding's primary test as the
+    spec declares it, on the study's own runs and trials only."""
+    from harness.analysis import findings as study_findings
+
+    return study_findings.evaluate(
+        spec.primary_tests(),
+        root,
+        spec.run_ids(),
+        n_boot=spec.report.bootstrap,
+        seed=spec.report.seed,
+    )
 
 
-def _corr_line(
-    root: Path,
-    x: str,
-    y: str,
-    *,
-    by=(),
-    level=None,
-    where=None,
-    expected: int,
-    what: str,
-    n_boot: int,
-    seed: int,
-    poolings: tuple[str, ...] | None = None,
-) -> list[str]:
+def _write_report(spec: Any, root: Path, out: Path, found: list[Finding]) -> dict[str, Any]:
+    """The report with the findings first, scoped to the study's runs."""
     from harness import analysis
 
-    try:
-        c = analysis.correlate(
-            x, y, by=by, level=level, where=where, root=root, n_boot=n_boot, seed=seed
-        )
-    except HarnessError as e:
-        return [f"{what}: not measurable yet ({e})"]
-    out = []
-    for r in c.rows:
-        if poolings is not None and r.get("pooling", "group") not in poolings:
-            continue
-        rho, lo, hi = (
-            r.get("spearman", math.nan),
-            r.get("spearman_lo", math.nan),
-            r.get("spearman_hi", math.nan),
-        )
-        rho, lo, hi = (math.nan if v is None else float(v) for v in (rho, lo, hi))
-        label = r["group"] if r.get("pooling", "group") == "group" else f"pooled ({r['pooling']})"
-        out.append(
-            f"{what} [{label}, n={r['n']}]: Spearman ρ = {rho:.2f} "
-            f"(95% CI {lo:.2f} to {hi:.2f}) — {_verdict(rho, lo, hi, expected)}"
-        )
-    return out or [f"{what}: not measurable yet (too few points)"]
-
-
-def findings(root: Path, n_boot: int = 1000, seed: int = 0) -> list[str]:
-    """The study's three findings as measured, each with intervals and a plain verdict."""
-    lines = []
-    lines += _corr_line(
+    return analysis.write_report(
         root,
-        "source_nc1",
-        "acc_linear_probe",
-        by=["arch"],
-        expected=+1,
-        n_boot=n_boot,
-        seed=seed,
-        what="1. Source NC1 vs transfer (linear-probe) accuracy — the paper: less source "
-        "collapse (higher NC1) transfers better",
+        out,
+        findings=found,
+        n_boot=spec.report.bootstrap,
+        seed=spec.report.seed,
+        scope=spec.run_ids(),
     )
-    lines += _corr_line(
-        root,
-        "down_nc1",
-        "acc_linear_probe",
-        expected=-1,
-        n_boot=n_boot,
-        seed=seed,
-        what="2a. Downstream NC1 vs accuracy across models — the paper: more downstream "
-        "collapse (lower NC1) transfers better",
-    )
-    lines += _corr_line(
-        root,
-        "down_nc1",
-        "acc_scl",
-        level="layer",
-        by=["run_id", "dataset"],
-        expected=-1,
-        n_boot=n_boot,
-        seed=seed,
-        poolings=("fixed_effect",),
-        what="2b. Downstream NC1 vs SCL accuracy across the layers of each model (model and "
-        "dataset as fixed effects)",
-    )
-    lines += _methods_finding(root)
-    return lines
-
-
-def _methods_finding(root: Path) -> list[str]:
-    if not store.parts("finetune", root):
-        return ["3. SCL / Layer FT vs full FT: no fine-tuning results yet"]
-    con = store.connect(root)
-    try:
-        rows = con.execute(
-            "SELECT method, per_class, avg(test_acc), avg(trainable_params), count(*) "
-            "FROM finetune WHERE status = 'done' "
-            "AND (layer_choice IS NULL OR layer_choice LIKE 'auto%') GROUP BY 1, 2 ORDER BY 2, 1"
-        ).fetchall()
-    finally:
-        con.close()
-    by = {(m, b): (a, p, n) for m, b, a, p, n in rows}
-    out = []
-    for b in sorted({b for _, b in by}, key=lambda v: (v is None, v)):
-        full = by.get(("full", b))
-        if not full:
-            continue
-        parts = []
-        for m in ("scl", "layer", "linear_probe"):
-            if (m, b) in by:
-                a, p, _ = by[(m, b)]
-                parts.append(
-                    f"{m} {a:.3f} ({p / full[1]:.0%} of full's trainable parameters, "
-                    f"{a - full[0]:+.3f} vs full)"
-                )
-        budget = "all samples" if b is None else f"{b} per class"
-        verdict = "no SCL trials at this budget"
-        if ("scl", b) in by:
-            gap = by[("scl", b)][0] - full[0]
-            verdict = (
-                "agrees with the paper (SCL within 0.02 of full FT, or better)"
-                if gap >= -0.02
-                else f"disagrees with the paper at this budget (SCL {gap:+.3f} vs full FT)"
-            )
-        out.append(
-            f"3. Fine-tuning at {budget}: full {full[0]:.3f}; " + "; ".join(parts) + f" — {verdict}"
-        )
-    return out or ["3. SCL / Layer FT vs full FT: no comparable trials yet"]
 
 
 def _store_fingerprint(root: Path, spec: Any) -> str:
-    """What the report depends on: the set of committed parts and the report settings."""
+    """What the report depends on: the set of committed parts, the report settings and each
+    finding's primary test."""
     import hashlib
+    import json
 
     names = sorted(str(p.relative_to(root)) for t in store.TABLES for p in store.parts(t, root))
     names.append(spec.report.model_dump_json())
+    tests = {k: t.model_dump(mode="json") for k, t in spec.primary_tests().items()}
+    names.append(json.dumps(tests, sort_keys=True))
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
 def stage_report(spec: Any, root: Path, echo: Echo) -> dict[str, Any]:
     """Findings, correlations and the report; skipped when the store has not changed since the
     report in ``out`` was written (its fingerprint is kept next to it)."""
-    from harness import analysis
-
     out = Path(spec.report.out or f"reports/{spec.name}")
     stamp, saved = out / ".fingerprint", out / "findings.txt"
     fp = _store_fingerprint(root, spec)
@@ -349,10 +250,9 @@ def stage_report(spec: Any, root: Path, echo: Echo) -> dict[str, Any]:
         paths = {"markdown": out / "report.md", "html": out / "report.html", "figures": []}
         echo(f"report: up to date ({paths['markdown']}; the store has not changed)")
     else:
-        lines = findings(root, n_boot=spec.report.bootstrap, seed=spec.report.seed)
-        paths = analysis.write_report(
-            root, out, findings=lines, n_boot=spec.report.bootstrap, seed=spec.report.seed
-        )
+        found = findings(spec, root)
+        lines = [f.line() for f in found]
+        paths = _write_report(spec, root, out, found)
         saved.write_text("\n".join(lines) + "\n")
         stamp.write_text(fp)
         echo(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")

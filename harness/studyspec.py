@@ -38,19 +38,24 @@ class ReportSettings(_Spec):
 class PrimaryTest(_Spec):
     """The pre-declared primary test of one finding.
 
-    ``kind`` 'correlation': Spearman ρ of ``x`` vs ``y`` at ``level``, within each stratum of
-    ``strata`` and fixed effect of ``fixed_effects`` (``pooling``), with a cluster bootstrap
-    that resamples ``unit``s; the verdict says whether the interval excludes 0 on the side of
-    ``expected_sign``. ``kind`` 'noninferiority': the paired difference ``y`` − ``x`` (method
-    accuracies) per ``unit``; 'agrees' only when the interval's lower bound is above −``margin``.
-    Fewer than ``min_units`` independent units: no verdict ("too few runs")."""
+    ``kind`` 'correlation': Spearman ρ of ``x`` vs ``y`` (columns of the analysis view at
+    ``level``, rows selected by ``where``) within each stratum of ``strata`` (the source and
+    downstream datasets are always strata: never pooled in one rank statistic), with the
+    ``fixed_effects`` taken out within each stratum as ``pooling`` says, averaged over strata
+    weighted by their points; the cluster bootstrap resamples ``unit``s ('run' and 'model': a
+    pre-training run with all its rows; 'pair': a (checkpoint, seed) pair). The verdict says
+    whether the interval excludes 0 on the side of ``expected_sign``. ``kind``
+    'noninferiority': the paired difference of methods ``y`` − ``x`` (test accuracy) per
+    (checkpoint, dataset, budget, seed), averaged; 'agrees' only when the interval's lower bound
+    is above −``margin``, 'disagrees' when its upper bound is below −``margin``. Fewer than
+    ``min_units`` independent units: no verdict ("too few runs")."""
 
     kind: Literal["correlation", "noninferiority"] = "correlation"
     x: str
     y: str
     level: Literal["model", "layer", "trial"] = "model"
     pooling: Literal["fixed_effect", "zscore", "raw"] = "fixed_effect"
-    strata: list[str] = ["dataset"]
+    strata: list[str] = ["source", "dataset"]
     fixed_effects: list[str] = ["arch"]
     unit: Literal["run", "model", "pair"] = "run"
     expected_sign: Literal[-1, 1] = 1
@@ -63,8 +68,17 @@ class PrimaryTest(_Spec):
 DEFAULT_FINDINGS: dict[str, dict[str, Any]] = {
     # 1. less source collapse (higher source NC1) transfers better (linear probe)
     "1": dict(x="source_nc1", y="acc_linear_probe", expected_sign=1, unit="run"),
-    # 2a. more collapse of the fine-tuned downstream features goes with higher accuracy
-    "2a": dict(x="ft_nc1", y="acc", level="trial", expected_sign=-1, unit="run"),
+    # 2a. more collapse of the fine-tuned downstream features goes with higher accuracy: one point
+    # per trial, compared within a method and budget (the linear probe fine-tunes no features)
+    "2a": dict(
+        x="ft_nc1",
+        y="acc",
+        level="trial",
+        expected_sign=-1,
+        unit="run",
+        strata=["source", "dataset", "method", "per_class"],
+        where="method <> 'linear_probe'",
+    ),
     # 2b. across the blocks of one model, lower downstream NC1 at block L, better SCL at L
     "2b": dict(
         x="down_nc1",

@@ -63,54 +63,75 @@ def select_checkpoints(spec: Any, root: str | os.PathLike | None) -> list[dict[s
     return rows
 
 
-def _downstream_nc1(checkpoint: str, dataset: str, root, limit: int = 2000) -> dict[str, float]:
-    """nc1 (pinv) of every layer of the *pre-trained* checkpoint on the downstream train split,
-    from the `nc` table; measured now (and stored) when missing."""
-    from harness.measure import MeasureSpec, measure
+def auto_layer(cfg: Any, model: Any) -> tuple[str, str]:
+    """(layer, why) for ``layer: auto``: among the single blocks SCL can use on ``model``
+    (``finetune.scl_blocks``: no stem, no whole stage, not the block whose pooled output is the
+    penultimate features), the one whose *pre-trained* features collapse most, i.e. the lowest
+    NC1 (pinv), measured on the trial's own training samples: ``cfg``'s dataset, per_class
+    budget and seed (every train sample when per_class is None), unaugmented, pooled as the
+    model's classifier pools. Deterministic (same data, eval mode, ties by name), so a re-run
+    chooses the same block; the caller computes it once per (checkpoint, data, budget, seed)."""
+    from harness import data, finetune, models
+    from harness.measure import measure_model
 
-    # measurements of the pre-trained checkpoint only (fine-tuning trials also write NC rows for
-    # their fine-tuned features); the largest measurement wins, ties by run id: deterministic
-    sql = (
-        "SELECT layer, value FROM nc WHERE checkpoint = '{c}' AND dataset = '{d}' "
-        "AND split = 'train' AND metric = 'nc1' AND variant = 'pinv' "
-        "AND run_id IN (SELECT run_id FROM runs WHERE kind = 'measure' AND status = 'done') "
-        "QUALIFY row_number() OVER (PARTITION BY layer ORDER BY n DESC, run_id) = 1"
-    ).format(c=checkpoint.replace("'", "''"), d=dataset.replace("'", "''"))
-    if store.parts("nc", root):
-        rows = store.execute(sql, root).to_pylist()
-        if rows:
-            return {r["layer"]: r["value"] for r in rows}
-    measure(
-        MeasureSpec(dataset=dataset, checkpoint=checkpoint, split="train", limit=limit), root=root
+    candidates = finetune.scl_blocks(model)
+    if not candidates:
+        raise HarnessError(f"layer auto: {type(model).__name__} has no block SCL can use")
+    ds = data.load(
+        cfg.dataset,
+        "train",
+        root=cfg.data_root,
+        seed=cfg.seed,
+        per_class=cfg.per_class,
+        **cfg.data_kwargs,
     )
-    return {r["layer"]: r["value"] for r in store.execute(sql, root).to_pylist()}
-
-
-def auto_layer(checkpoint: str, dataset: str, root) -> tuple[str, str]:
-    """(layer, why): the intermediate block whose pre-trained features collapse most on the
-    downstream data (lowest downstream NC1), excluding the stem and the penultimate output."""
-    from harness import models
-
-    model, _ = models.load_checkpoint(checkpoint)
-    blocks = [ly.name for ly in models.model_layers(model) if ly.kind == "feature"][1:]
-    nc1 = _downstream_nc1(checkpoint, dataset, root)
-    ranked = sorted((nc1[b], b) for b in blocks if b in nc1)
+    results, n = measure_model(model, ds, models.select_layers(model, candidates))
+    ranked = sorted((r.metrics["nc1"], r.layer) for r in results if math.isfinite(r.metrics["nc1"]))
     if not ranked:
-        raise HarnessError(f"layer auto: no downstream NC1 for {checkpoint} on {dataset}")
-    value, best = ranked[0]
-    order = ", ".join(f"{b}={v:.3g}" for v, b in ranked)
-    return best, f"auto: lowest downstream nc1 on {dataset} ({order})"
+        raise HarnessError(f"layer auto: no finite nc1 for {cfg.checkpoint} on {cfg.dataset}")
+    budget = f"{cfg.per_class} per class" if cfg.per_class is not None else f"all {n} samples"
+    (v, best), rest = ranked[0], ranked[1:]
+    runner = f"; runner-up {rest[0][1]} nc1={rest[0][0]:.4g}" if rest else ""
+    why = (
+        f"auto: lowest nc1 of pre-trained features on {cfg.dataset} train, {budget} "
+        f"(seed {cfg.seed}), among {len(candidates)} SCL-usable blocks: {best} nc1={v:.4g}{runner}"
+    )
+    return best, why
+
+
+def resolve_layer(
+    cfg: Any, model: Any, autos: dict[tuple, tuple[str, str]]
+) -> tuple[str | None, str | None]:
+    """(block name, why) for the trial's ``layer`` of a layer method: ``auto`` (once per
+    checkpoint, data, budget and seed), an integer index (a position in ``model``'s layer
+    list, so one spec fits every architecture), or the name as given (validated later)."""
+    layer = cfg.layer
+    if cfg.method not in LAYER_METHODS:
+        return None, None
+    if layer == AUTO:
+        opts = json.dumps(cfg.data_kwargs, sort_keys=True, default=str)
+        key = (cfg.checkpoint, cfg.dataset, cfg.data_root, opts, cfg.per_class, cfg.seed)
+        if key not in autos:
+            autos[key] = auto_layer(cfg, model)
+        return autos[key]
+    if str(layer).lstrip("-").isdigit():
+        from harness import models
+
+        (ly,) = models.select_layers(model, str(layer))
+        return ly.name, f"index {layer}"
+    return layer, None
 
 
 def expand(spec: Any, root) -> list[dict[str, Any]]:
     """Every trial of the sweep as a TrialConfig field dict (+ run_id/arch/layer_choice), with
-    `layer: auto` resolved and every trial validated before anything starts."""
+    `layer: auto` and layer indices resolved and every trial validated (SCL at a block whose
+    pooled output is the penultimate features is refused here) before anything starts."""
     from harness import data, finetune, models
 
     ckpts = select_checkpoints(spec, root)
     names = {f.name for f in fields(finetune.TrialConfig)}
     trials: dict[str, dict[str, Any]] = {}
-    autos: dict[tuple[str, str], tuple[str, str]] = {}
+    autos: dict[tuple, tuple[str, str]] = {}
     model_cache: dict[str, Any] = {}
     for ck in ckpts:
         for point in spec.points():
@@ -119,27 +140,16 @@ def expand(spec: Any, root) -> list[dict[str, Any]]:
                 raise HarnessError(
                     f"{spec.name}: unknown trial field {unknown[0]!r}; valid: {', '.join(sorted(names))}"
                 )
-            t = dict(point, checkpoint=ck["checkpoint"])
-            choice = None
-            if t.get("method") not in LAYER_METHODS:
-                t["layer"] = None
-            elif t.get("layer") == AUTO:
-                key = (ck["checkpoint"], t["dataset"])
-                if key not in autos:
-                    autos[key] = auto_layer(ck["checkpoint"], t["dataset"], root)
-                t["layer"], choice = autos[key]
+            try:
+                cfg = finetune.TrialConfig(**dict(point, checkpoint=ck["checkpoint"]))
+            except TypeError as e:
+                raise HarnessError(f"{spec.name}: bad trial {point}: {e}") from None
             if ck["checkpoint"] not in model_cache:
                 model_cache[ck["checkpoint"]] = models.load_checkpoint(ck["checkpoint"])[0]
-            if t.get("method") in LAYER_METHODS and str(t.get("layer")).lstrip("-").isdigit():
-                # a layer index fits every architecture: resolve it to this model's block name
-                (ly,) = models.select_layers(model_cache[ck["checkpoint"]], str(t["layer"]))
-                t["layer"], choice = ly.name, f"index {t['layer']}"
-            try:
-                cfg = finetune.TrialConfig(**t)
-            except TypeError as e:
-                raise HarnessError(f"{spec.name}: bad trial {t}: {e}") from None
+            model = model_cache[ck["checkpoint"]]
             data.info(cfg.dataset, root=cfg.data_root, **cfg.data_kwargs)
-            cfg.validate(model_cache[ck["checkpoint"]])
+            cfg.layer, choice = resolve_layer(cfg, model, autos)
+            cfg.validate(model)
             # the checkpoint enters the id as its pre-training run when known: results that move
             # with their store keep their ids
             tid = trial_id({**asdict(cfg), "checkpoint": ck["run_id"] or cfg.checkpoint})

@@ -531,11 +531,12 @@ def test_report(known, tmp_path):
              "layerwise_nc_vs_accuracy", "methods_vs_budget"]  # fmt: skip
     for name in names:
         assert_not_blank(out / f"{name}.png")
-        assert f"]({name}.png)" in md and f"<img src='{name}.png'" in page
+        assert f"]({name}.png)" in md  # the Markdown links its figures; the page embeds them
+    assert page.count("data:image/png;base64,") >= len(names) and ".png'" not in page
     for name in [*names, "score_ranking"]:
         assert f"analysis/{name}.sql" in md and f"analysis/{name}.sql" in page
         assert analysis.load_sql(name).strip() in md  # the SQL that produced the section
-    assert "no data yet" not in md and md.count("```sql") == 5
+    assert "no data yet" not in md and md.count("```sql") == 7
     # the numbers: source NC1 vs linear probe, per architecture
     x, y = by_arch(truth, "s")["vit"], by_arch(truth, "lp")["vit"]
     row = next(line for line in md.splitlines() if line.startswith("| mnist5k / vit |"))

@@ -201,7 +201,9 @@ def test_optimizer_default_keeps_earlier_run_ids_and_adamw_is_a_new_run():
     cfg = PretrainConfig(arch="resnet_tiny", dataset="digits")
     dump = cfg.model_dump(mode="json")
     assert dump.pop("optimizer") == "sgd"
-    assert cfg.run_id() == store.run_id(dump)
+    assert (
+        cfg.run_id() == store.run_id(dump) == store.Provenance.collect(cfg.identity(), "x").run_id
+    )
     adamw = PretrainConfig(arch="resnet_tiny", dataset="digits", optimizer="adamw")
     assert adamw.run_id() != cfg.run_id()
     import torch
@@ -210,6 +212,4 @@ def test_optimizer_default_keeps_earlier_run_ids_and_adamw_is_a_new_run():
     assert isinstance(pretrain.OPTIMIZERS["adamw"](w, adamw), torch.optim.AdamW)
     assert isinstance(pretrain.OPTIMIZERS["sgd"](w, cfg), torch.optim.SGD)
     with pytest.raises(HarnessError, match="optimizer"):
-        PretrainConfig.from_dict(
-            {"arch": "resnet_tiny", "dataset": "digits", "optimizer": "adam"}
-        )
+        PretrainConfig.from_dict({"arch": "resnet_tiny", "dataset": "digits", "optimizer": "adam"})

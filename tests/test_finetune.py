@@ -11,7 +11,7 @@ from harness import finetune as ft
 from harness import models, store
 from harness.errors import HarnessError
 
-LAYER = {"resnet_tiny": "layer3", "vit_tiny": "blocks.1"}
+LAYER = {"resnet_tiny": "layer3.1", "vit_tiny": "blocks.1"}
 ARCHS = tuple(LAYER)
 
 
@@ -91,7 +91,9 @@ def test_unknown_backbone_class_is_one_line_error():
     with pytest.raises(HarnessError, match="no stage decomposition for Linear; supported"):
         ft.decompose(torch.nn.Linear(2, 2))
     model = models.build_network("resnet_tiny", 10, 1, 8)
-    with pytest.raises(HarnessError, match="layer 'pre_logits'; it takes one of act1, layer1"):
+    with pytest.raises(
+        HarnessError, match="unknown layer 'pre_logits' for method layer on ResNet; valid: act1, "
+    ):
         ft.build_net(model, "layer", models.PRE_LOGITS, 10, (1, 8, 8))
 
 
@@ -137,10 +139,11 @@ def test_only_intended_weights_train(arch, method):
         elif not k.startswith(prefixes):  # frozen weights and frozen BatchNorm statistics
             assert torch.equal(v, after[k]), f"{k} must stay bit-identical"
     if arch == "resnet_tiny" and method in ("layer", "scl"):
-        assert not net.backbone.bn1.training and net.backbone.layer3.training
+        assert not net.backbone.bn1.training and net.backbone.layer3[1].training
+        assert not net.backbone.layer3[0].training, "a frozen block of the same stage"
         assert not torch.equal(
-            before["backbone.layer3.0.bn1.running_mean"],
-            after["backbone.layer3.0.bn1.running_mean"],
+            before["backbone.layer3.1.bn1.running_mean"],
+            after["backbone.layer3.1.bn1.running_mean"],
         ), "the trained block runs in train mode"
 
 
@@ -149,7 +152,10 @@ def test_scl_classifier_reads_block_and_penultimate(arch):
     torch.manual_seed(0)
     model = models.build_network(arch, 10, 1, 8)
     layer = LAYER[arch]
-    block_width = next(f["num_chs"] for f in model.feature_info if f["module"] == layer)
+    feats, _ = models.LayerFeatures(model.eval(), models.select_layers(model, layer))(
+        torch.zeros(1, 1, 8, 8)
+    )
+    block_width = feats[layer].shape[1]
     net = ft.build_net(model, "scl", layer, 10, (1, 8, 8), pool="mean")
     assert net.classifier.in_features == block_width + model.num_features
     plain = ft.build_net(models.build_network(arch, 10, 1, 8), "layer", layer, 10, (1, 8, 8))
@@ -197,7 +203,8 @@ def test_cache_runs_prefix_once_per_split(ckpts, prefix_calls):
     cache = ft.ActivationCache()
     ft.run_trial(_cfg(ckpts["resnet_tiny"], epochs=1), cache=cache)
     fill = len(prefix_calls)
-    assert cache.builds == 3 and fill == sum(math.ceil(n / ft.EVAL_BATCH) for n in (100, 269, 269))
+    # train and val (10 per class each: validation follows the budget), test
+    assert cache.builds == 3 and fill == sum(math.ceil(n / ft.EVAL_BATCH) for n in (100, 100, 269))
     # more epochs and another trial (other lr, other method with the same block) reuse it
     ft.run_trial(_cfg(ckpts["resnet_tiny"], "scl", epochs=3, lr=0.01), cache=cache)
     assert len(prefix_calls) == fill and cache.hits == 3 and cache.builds == 3
@@ -234,10 +241,11 @@ def test_cache_spills_to_disk_beyond_budget(ckpts, tmp_path):
     assert len(files) == 3 and disk_cache.ram_bytes == 0
     assert torch.allclose(torch.tensor(ram), torch.tensor(disk), rtol=1e-5)
     assert row_ram["test_acc"] == row_disk["test_acc"]
-    # budget for exactly one entry: the rest spills
-    one = ft.ActivationCache(budget_mb=100 * 128 * 4 / 2**20, cache_dir=tmp_path / "d")
+    # budget for exactly one entry (train and val are 100 rows of pre_logits each): the rest spills
+    width = models.load_checkpoint(ckpts["resnet_tiny"])[0].num_features
+    one = ft.ActivationCache(budget_mb=100 * width * 4 / 2**20, cache_dir=tmp_path / "d")
     ft.run_trial(cfg, cache=one)
-    assert one.ram_bytes == 100 * 128 * 4 and len(list((tmp_path / "d").rglob("*.npy"))) == 2
+    assert one.ram_bytes == 100 * width * 4 and len(list((tmp_path / "d").rglob("*.npy"))) == 2
     disk_cache.clear()
     assert not list((tmp_path / "c").rglob("*.npy")) and len(disk_cache) == 0
 
@@ -247,7 +255,7 @@ def test_augmented_training_runs_prefix_every_step(ckpts, prefix_calls):
     row = ft.run_trial(_cfg(ckpts["resnet_tiny"], epochs=2, augment="weak"), cache=cache)
     # val, test and the unaugmented train set for evaluation are cached; training steps are not
     assert cache.builds == 3
-    fill = sum(math.ceil(n / ft.EVAL_BATCH) for n in (100, 269, 269))
+    fill = sum(math.ceil(n / ft.EVAL_BATCH) for n in (100, 100, 269))
     assert len(prefix_calls) == fill + 2 * math.ceil(100 / 32)
     assert 0 <= row["test_acc"] <= 1
 
@@ -267,7 +275,7 @@ def test_row_columns_belong_to_the_finetune_table():
     [
         ("resnet_tiny", "linear_probe", None),
         ("plain", "full", None),
-        ("resnet_tiny", "scl", "layer4"),
+        ("resnet_tiny", "scl", "layer4.3"),
         ("vit_tiny", "layer", "blocks.0"),
     ],
 )
@@ -315,7 +323,14 @@ def test_trials_are_deterministic(ckpts):
     "change,words",
     [
         (dict(method="lora"), ["unknown method 'lora'", "linear_probe, full, layer, scl"]),
-        (dict(layer="layer9"), ["unknown layer 'layer9'", "act1, layer1, layer2, layer3, layer4"]),
+        (
+            dict(layer="layer9"),
+            ["unknown layer 'layer9'", "act1, layer1.0", "layer2, layer3, layer4"],
+        ),
+        (
+            dict(method="scl", layer="layer4.4"),
+            ["cannot use layer 'layer4.4'", "penultimate", "layer4.3, layer1, layer2, layer3"],
+        ),
         (dict(layer="pre_logits"), ["unknown layer 'pre_logits'", "layer4"]),
         (dict(method="scl", layer=None), ["method scl needs a layer", "layer3"]),
         (dict(method="full"), ["method full fine-tunes no single layer"]),

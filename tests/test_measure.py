@@ -25,9 +25,19 @@ def model(request):
     return models.create_model(request.param, 10, 1, 28).eval()
 
 
-def test_layers_come_from_timm_feature_info(model):
+def _blocks(model) -> list[str]:
+    """timm's feature_info modules, a stage of blocks (nn.Sequential) listed block by block."""
+    out = []
+    for f in model.feature_info:
+        mod = model.get_submodule(f["module"])
+        seq = isinstance(mod, torch.nn.Sequential)
+        out += [f"{f['module']}.{i}" for i in range(len(mod))] if seq else [f["module"]]
+    return out
+
+
+def test_layers_are_the_blocks_of_timm_feature_info(model):
     layers = models.model_layers(model)
-    assert [ly.name for ly in layers[:-1]] == [f["module"] for f in model.feature_info]
+    assert [ly.name for ly in layers[:-1]] == _blocks(model)
     assert layers[-1].name == models.PRE_LOGITS
     assert [ly.index for ly in layers] == list(range(len(layers)))
     assert layers[-1].depth_frac == 1.0 and all(0 < ly.depth_frac <= 1 for ly in layers)
@@ -40,14 +50,12 @@ def test_layers_come_from_timm_feature_info(model):
 
 
 def _hooked_outputs(model, x):
-    """Independent path: forward hooks on every feature_info module during a plain forward."""
+    """Independent path: forward hooks on every block during a plain forward."""
     caught = {}
     mods = dict(model.named_modules())
     hs = [
-        mods[f["module"]].register_forward_hook(
-            lambda _m, _i, o, n=f["module"]: caught.__setitem__(n, o)
-        )
-        for f in model.feature_info
+        mods[name].register_forward_hook(lambda _m, _i, o, n=name: caught.__setitem__(n, o))
+        for name in _blocks(model)
     ]
     with torch.no_grad():
         logits = model(x)
@@ -123,7 +131,7 @@ def test_measure_matches_reference_on_collected_features(checkpoint, results):
     model, _ = models.load_checkpoint(checkpoint)
     model.eval()
     ds = data.load("digits", "train", limit=400)
-    for layer in ("layer2", models.PRE_LOGITS):
+    for layer in ("layer2.1", models.PRE_LOGITS):
         X, y = _features_by_hand(model, ds, layer)
         cls = None
         if layer == models.PRE_LOGITS:  # the checkpoint's own head: nc3 / nc4 are measured
@@ -133,16 +141,17 @@ def test_measure_matches_reference_on_collected_features(checkpoint, results):
         got = res[layer].metrics
         for k, v in ref.items():
             assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-9), (layer, k)
-    assert "nc3" in res[models.PRE_LOGITS].metrics and "nc3" not in res["layer2"].metrics
+    assert "nc3" in res[models.PRE_LOGITS].metrics and "nc3" not in res["layer2.1"].metrics
     # rows in the store: long format, one per metric, with layer index and depth fraction
     con = store.connect(results)
     n_rows = con.execute("SELECT count(*) FROM nc").fetchone()[0]
     assert n_rows == sum(len(r.metrics) for r in res.values())
     row = con.execute(
         "SELECT layer_index, depth_frac, n, variant FROM nc "
-        "WHERE layer='layer2' AND metric='nc1' AND variant='pinv'"
+        "WHERE layer='layer2.1' AND metric='nc1' AND variant='pinv'"
     ).fetchone()
-    assert row == (2, pytest.approx(3 / 6), 400, "pinv")
+    n_layers = len(models.model_layers(model))  # act1, 14 residual blocks, pre_logits
+    assert row == (4, pytest.approx(5 / n_layers), 400, "pinv")
     assert (
         con.execute("SELECT count(*) FROM runs WHERE kind='measure' AND status='done'").fetchone()[
             0

@@ -63,7 +63,11 @@ def test_two_node_ddp_equals_one_process(slurm_cluster, shared_tmp):
     assert con.execute("SELECT world_size, count(*) FROM pretrain GROUP BY 1").fetchall() == [
         (2, 1)
     ]
-    assert con.execute("SELECT count(DISTINCT layer) FROM nc").fetchone()[0] == 5
+    layers = models.model_layers(
+        models.create_model("vit_tiny", num_classes=10, in_chans=1, img_size=8)
+    )
+    assert len(layers) == 13  # 12 transformer blocks and pre_logits
+    assert con.execute("SELECT count(DISTINCT layer) FROM nc").fetchone()[0] == len(layers)
 
 
 @pytest.mark.slurm

@@ -141,7 +141,10 @@ def test_asha_records_stopped_and_finished_trials_once(results, tmp_path, checkp
 
 
 @pytest.mark.ray
-def test_layer_auto_picks_lowest_downstream_nc1(results, tmp_path, checkpoint):
+def test_layer_auto_picks_lowest_nc1_on_the_trials_own_samples(results, tmp_path, checkpoint):
+    from harness import data, finetune
+    from harness.measure import measure_model
+
     spec = spec_file(
         tmp_path,
         checkpoint,
@@ -150,17 +153,21 @@ def test_layer_auto_picks_lowest_downstream_nc1(results, tmp_path, checkpoint):
     )
     r = harness("sweep", str(spec))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # NC1 of the pre-trained features on the trial's own 5 per class (seed 0), at the blocks
+    # SCL can use (not the stem, not the last block: its pooled output is pre_logits)
+    model, _ = models.load_checkpoint(checkpoint)
+    usable = finetune.scl_blocks(model)
+    assert "act1" not in usable and "layer4.4" not in usable
+    ds = data.load("digits", "train", per_class=5, seed=0)
+    res, _ = measure_model(model, ds, models.select_layers(model, usable))
+    nc1 = {x.layer: x.metrics["nc1"] for x in res}
     con = store.connect(results)
-    nc1 = dict(
-        con.execute(
-            "SELECT layer, value FROM nc WHERE checkpoint = ? AND dataset = 'digits' AND "
-            "metric = 'nc1' AND variant = 'pinv' AND layer NOT IN ('act1', 'pre_logits')",
-            [checkpoint],
-        ).fetchall()
-    )
     layer, why = con.execute("SELECT layer, layer_choice FROM finetune").fetchone()
-    assert layer == min(nc1, key=nc1.get)
-    assert why.startswith("auto: lowest downstream nc1 on digits")
+    assert layer == min(sorted(nc1), key=nc1.get)
+    assert why.startswith(
+        "auto: lowest nc1 of pre-trained features on digits train, 5 per class (seed 0), "
+        f"among {len(usable)} SCL-usable blocks: {layer} nc1="
+    ), why
 
 
 @pytest.mark.parametrize(
@@ -168,6 +175,7 @@ def test_layer_auto_picks_lowest_downstream_nc1(results, tmp_path, checkpoint):
     [
         (dict(method=["finetune_everything"]), "unknown method 'finetune_everything'"),
         (dict(method=["scl"], layer=["layer9"]), "layer9"),
+        (dict(method=["scl"], layer=["layer4"]), "cannot use layer 'layer4' of ResNet"),
         (dict(method=["full"], per_class=[100000]), "per_class"),
     ],
 )
@@ -186,7 +194,7 @@ def test_ray_on_slurm_runs_trials_on_both_nodes(slurm_cluster, results, tmp_path
     spec = spec_file(
         tmp_path,
         checkpoint,
-        grid=dict(method=["linear_probe", "layer"], layer=["layer4"], per_class=[5, 10]),
+        grid=dict(method=["linear_probe", "layer"], layer=["layer4.4"], per_class=[5, 10]),
         base=dict(dataset="digits", epochs=2, batch_size=32, nc=False),
     )
     r = harness("sweep", str(spec), "--slurm", "--nodes", "2", "--wait", "--time", "15")

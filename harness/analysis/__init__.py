@@ -11,22 +11,29 @@ One module per part, each usable on its own; this package re-exports their publi
 * ``views``: the saved queries of ``analysis/*.sql`` with their shared CTEs, and the analysis
   view (``view_sql``) whose columns ``harness correlate`` resolves its metrics against.
 * ``correlation``: ``harness correlate`` (``correlate``, ``run_correlate``).
-* ``tables`` and ``plots``: Markdown/HTML tables and PNG figures.
-* ``report``: ``harness report``, Markdown + HTML with tables, figures and the SQL behind each
-  section (``build_sections``, ``write_report``).
+* ``tables`` and ``plots``: Markdown/HTML tables (the findings with verdict badges) and PNG
+  figures (the findings' forest plot, NC1 across depth, accuracy vs trainable parameters).
+* ``report``: ``harness report``, Markdown + self-contained HTML: the findings first, then
+  figures, short tables, long ones folded, and the SQL behind each section (``build_sections``,
+  ``findings_section``, ``write_report``).
 """
 
 from harness.analysis.correlation import Correlation, correlate, run_correlate
-from harness.analysis.plots import budget_plot, layer_plot, scatter_plot
+from harness.analysis.plots import depth_plot, forest_plot, fraction_plot, scatter_plot
 from harness.analysis.report import (
     BUDGET_COLUMNS,
     DEFAULT_REPORT_DIR,
+    INLINE_SQL,
     NO_DATA,
+    ORDER,
+    OWN_SECTIONS,
     RANKING_COLUMNS,
     SECTIONS,
     ReportContext,
     Section,
     build_sections,
+    findings_section,
+    query_text,
     render_html,
     render_markdown,
     run_report,
@@ -59,7 +66,16 @@ from harness.analysis.stats import (
     correlation_stats,
     group_stats,
 )
-from harness.analysis.tables import Table, correlation_table, records_table
+from harness.analysis.tables import (
+    MIN_GROUP,
+    VERDICT_COLORS,
+    Table,
+    correlation_table,
+    findings_table,
+    mean_interval,
+    ranking_summary,
+    records_table,
+)
 from harness.analysis.views import (
     ACC_METHODS,
     ANALYSIS_DIR,
@@ -78,26 +94,30 @@ __all__ = [
     "ANALYSIS_DIR",
     "BUDGET_COLUMNS",
     "CORRELATIONS",
+    "Correlation",
     "DEFAULT_REPORT_DIR",
+    "HarnessError",
+    "INLINE_SQL",
     "LAYER_COLUMNS",
     "LEVELS",
+    "MIN_GROUP",
     "MIN_POINTS",
     "NC_METRICS",
     "NO_DATA",
+    "ORDER",
+    "OWN_SECTIONS",
     "POOLINGS",
+    "Pooling",
     "RANKING_COLUMNS",
+    "ReportContext",
     "SCORES",
     "SECTIONS",
-    "Correlation",
-    "HarnessError",
-    "Pooling",
-    "ReportContext",
     "Score",
     "Section",
     "Statistic",
     "Table",
+    "VERDICT_COLORS",
     "_fetch",
-    "budget_plot",
     "build_sections",
     "combine_parts",
     "compute_scores",
@@ -105,16 +125,23 @@ __all__ = [
     "correlate_groups",
     "correlation_stats",
     "correlation_table",
+    "depth_plot",
+    "findings_section",
+    "findings_table",
+    "forest_plot",
+    "fraction_plot",
     "group_stats",
     "higher_is_better",
-    "layer_plot",
     "leep",
     "load_sql",
     "logme",
+    "mean_interval",
     "nc_scores",
     "ncti_parts",
+    "query_text",
     "rank_eval",
     "ranking_rows",
+    "ranking_summary",
     "read_sql",
     "records_table",
     "render_html",

@@ -22,7 +22,7 @@ from harness.analysis.plots import scatter_plot
 from harness.analysis.scores import SCORES, combine_parts
 from harness.analysis.stats import _missing, group_stats
 from harness.analysis.tables import Table, correlation_table
-from harness.analysis.views import LAYER_COLUMNS, _db_error, view_sql
+from harness.analysis.views import LAYER_COLUMNS, VIEW_KEYS, _db_error, view_sql
 from harness.errors import HarnessError
 
 _NUMERIC = re.compile(r"^(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DOUBLE|FLOAT|REAL|DECIMAL)", re.I)
@@ -102,13 +102,15 @@ def correlate(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    scope: Sequence[str] | None = None,
 ) -> Correlation:
     """Correlate two columns of the analysis view (``view_sql``) per group of ``by`` columns.
 
     ``level`` defaults to 'layer' when x, y or ``by`` names a layer column (layer, layer_index,
     depth_frac), else 'model'. ``where`` (SQL over the view's columns) selects the rows first.
     Multi-part scores (``score_ncti``) are then combined over each set of models being compared:
-    the rows of one downstream dataset and ``by`` group that have both values. Raises
+    the rows of one downstream dataset and ``by`` group that have both values. ``scope``
+    (pre-training run ids) reads one study's rows only (``store.connect``). Raises
     HarnessError: unknown names (code 2, listing what exists), no matching rows (code 1)."""
     if not 0 < ci < 1:
         raise HarnessError(f"--ci must lie strictly between 0 and 1, got {ci}")
@@ -118,7 +120,7 @@ def correlate(
     by = [b.strip() for b in by if b and b.strip()]
     if level is None:
         level = "layer" if {x, y, *by} & set(LAYER_COLUMNS) else "model"
-    records, virtual = _select(base, x, y, by, where, level, split)
+    records, virtual = _select(base, x, y, by, where, level, split, scope)
     records = _combine_scores(records, virtual, x, y, by)
     rows, points = group_stats(records, x, y, by, pool=pool, n_boot=n_boot, seed=seed, ci=ci)
     if not sum(len(p[0]) for p in points.values()):
@@ -130,17 +132,24 @@ def correlate(
 
 
 def _select(
-    base: Path, x: str, y: str, by: Sequence[str], where: str | None, level: str, split: str
+    base: Path,
+    x: str,
+    y: str,
+    by: Sequence[str],
+    where: str | None,
+    level: str,
+    split: str,
+    scope: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """The rows of the view that ``where`` selects, with the columns the correlation needs, in a
     fixed order (the bootstrap draws index rows); and the multi-part scores among the columns."""
     import duckdb
 
-    con = store.connect(base)
+    con = store.connect(base, scope=scope)
     try:
         view = view_sql(con, level, split)
         columns, virtual = _resolve(con, view, x, y, by, level)
-        keys = ["run_id", "dataset", "layer"] if level == "layer" else ["run_id", "dataset"]
+        keys = VIEW_KEYS[level]
         need = list(dict.fromkeys([*by, *keys, *virtual.get(x, [x]), *virtual.get(y, [y])]))
         sql = (
             f"SELECT {', '.join(need)} FROM ({view}) v"

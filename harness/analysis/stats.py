@@ -202,3 +202,130 @@ def group_stats(
     lab = np.array(labels, dtype=object)
     points = {g: (xs[lab == g], ys[lab == g]) for g in sorted(set(labels))}
     return rows, points
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster bootstrap: the primary tests of the study's findings
+#
+# A pre-training run contributes several rows (one per downstream dataset, layer or trial);
+# resampling rows treats them as independent and narrows the interval. The functions below
+# resample whole units (``units``: one label per row) and recompute the statistic on every
+# resample with its strata and fixed effects.
+
+
+def _codes(labels: Sequence[Any]) -> np.ndarray:
+    """Integer codes of row labels (any hashable values, None included)."""
+    index: dict[Any, int] = {}
+    return np.array([index.setdefault(v, len(index)) for v in labels], dtype=np.int64)
+
+
+def _within(v: np.ndarray, g: np.ndarray, pooling: str) -> np.ndarray:
+    """``v`` with the fixed effects ``g`` (integer codes) taken out as ``POOLINGS[pooling]``
+    does: demeaned ('fixed_effect'), standardised ('zscore', NaN in groups of one or constant
+    ones) or left as is ('raw'); vectorised with ``bincount``."""
+    if pooling == "raw":
+        return v
+    n = np.bincount(g)
+    mean = np.bincount(g, v) / np.maximum(n, 1)
+    d = v - mean[g]
+    if pooling == "fixed_effect":
+        return d
+    sd = np.sqrt(np.bincount(g, d * d) / np.maximum(n, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n[g] >= 2) & (sd[g] > 0), d / sd[g], np.nan)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman ρ (average ranks for ties; equals ``scipy.stats.spearmanr``), NaN when either
+    variable is constant."""
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    rx, ry = scipy.stats.rankdata(x), scipy.stats.rankdata(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def curvature(x: np.ndarray, y: np.ndarray) -> float:
+    """The quadratic coefficient c of y = a + b·z + c·z² with z the standardised x: negative
+    when y levels off or turns down at large x. NaN with fewer than 4 points or constant x."""
+    if len(x) < 4 or np.ptp(x) == 0:
+        return float("nan")
+    z = (x - x.mean()) / x.std()
+    return float(np.polyfit(z, y, 2)[0])
+
+
+# statistics computed within one stratum: (x, y) -> value
+STRATUM_STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "spearman": spearman,
+    "curvature": curvature,
+}
+
+
+def stratified(
+    x: np.ndarray,
+    y: np.ndarray,
+    strata: np.ndarray,
+    groups: np.ndarray,
+    pooling: str = "fixed_effect",
+    statistic: str = "spearman",
+) -> float:
+    """The statistic within each stratum (strata are never pooled), after taking the fixed
+    effects ``groups`` out of x and y within it (``_within``), averaged over strata weighted by
+    their points. Strata with fewer than ``MIN_POINTS`` usable points or an undefined value are
+    left out; none left: NaN. ``strata`` and ``groups`` are integer codes (``_codes``)."""
+    fn = STRATUM_STATISTICS[statistic]
+    total, weight = 0.0, 0
+    for s in np.unique(strata):
+        sel = strata == s
+        g = groups[sel]
+        _, g = np.unique(g, return_inverse=True)
+        px, py = _within(x[sel], g, pooling), _within(y[sel], g, pooling)
+        ok = np.isfinite(px) & np.isfinite(py)
+        if ok.sum() < MIN_POINTS:
+            continue
+        v = fn(px[ok], py[ok])
+        if math.isfinite(v):
+            total += float(v) * int(ok.sum())
+            weight += int(ok.sum())
+    return float(total / weight) if weight else float("nan")
+
+
+def cluster_bootstrap(
+    fn: Callable[[np.ndarray], float],
+    units: Sequence[Any],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of ``fn(rows)`` over ``n_boot`` cluster resamples: whole units drawn
+    with replacement (``numpy.random.default_rng(seed)``), every row of a drawn unit kept, a
+    unit drawn twice kept twice. ``fn`` takes the row indices of a resample. Resamples with an
+    undefined statistic are left out; none left (or ``n_boot`` 0): (NaN, NaN). Units given as
+    one label per row; ``units = range(n)`` is the ordinary row bootstrap."""
+    nan = float("nan")
+    code = _codes(units)
+    k = int(code.max()) + 1 if len(code) else 0
+    if n_boot <= 0 or k == 0:
+        return nan, nan
+    order = np.argsort(code, kind="stable")
+    starts = np.searchsorted(code[order], np.arange(k + 1))
+    rows = [order[starts[u] : starts[u + 1]] for u in range(k)]
+    draws = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+    vals = np.array([fn(np.concatenate([rows[u] for u in d])) for d in draws])
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return nan, nan
+    tail = 100 * (1 - ci) / 2
+    lo, hi = np.percentile(vals, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def units_needed(rho: float, ci: float = 0.95) -> float:
+    """Approximately how many independent units would make a ``ci`` interval exclude 0 at the
+    observed Spearman ρ: Fisher z with the Spearman variance factor 1.06 (Fieller et al.),
+    n ≈ (z_{1−α/2} / atanh|ρ|)² · 1.06 + 3. Infinite at ρ = 0."""
+    r = min(abs(rho), 0.999999)
+    if not math.isfinite(rho) or r == 0:
+        return float("inf")
+    z = scipy.stats.norm.ppf(1 - (1 - ci) / 2)
+    return (z / math.atanh(r)) ** 2 * 1.06 + 3

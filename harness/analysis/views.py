@@ -80,7 +80,12 @@ def _pivot(agg: str, key: str, names: Iterable[Any], prefix: str) -> list[tuple[
     return [(f"{prefix}{_ident(n)}", f"{agg} FILTER (WHERE {key} = {_lit(n)})") for n in names]
 
 
-LEVELS = ("model", "layer")
+LEVELS = ("model", "layer", "trial")
+VIEW_KEYS = {  # what identifies one row of the analysis view at each level
+    "model": ["run_id", "dataset"],
+    "layer": ["run_id", "dataset", "layer"],
+    "trial": ["trial_id"],
+}
 LAYER_COLUMNS = ("layer", "layer_index", "depth_frac")
 ACC_METHODS = ("linear_probe", "full", "layer", "scl")  # always offered as acc_<method>
 LAYER_METHODS = ("layer", "scl")  # fine-tune one layer: at layer level, their accuracy per layer
@@ -116,6 +121,12 @@ def view_sql(con: Any, level: str = "model", split: str = "train") -> str:
     NC metrics of that layer (``down_<m>``, and ``source_<m>`` of the same layer), ``acc_layer``
     / ``acc_scl`` fine-tuning that layer (ft_best_layer), the model-level ``acc_linear_probe`` /
     ``acc_full``, and scores written for that layer.
+
+    ``level='trial'``: one row per done fine-tuning trial (trial_id, run_id, dataset, the run's
+    columns, checkpoint, method, layer, layer_choice, per_class, seed, ft_epochs, lr,
+    weight_decay, ``acc`` (test), val_acc, train_acc, trainable_params, total_params), with
+    ``ft_<m>``: NC of the trial's fine-tuned penultimate features on its train split, and
+    ``down_<m>``: NC of the pre-trained penultimate features on the same dataset (``split``).
 
     The rows and fixed columns are ``analysis/_view_<level>.sql``; the columns named after what
     the store holds are pivoted onto them here."""
@@ -167,6 +178,12 @@ def _view_parts(level: str, names: _Names) -> list[_Part]:
     def acc(methods: Iterable[str]) -> list[tuple[str, str]]:
         return _pivot("max(test_acc)", "method", methods, "acc_")
 
+    if level == "trial":
+        fine = _pivot("max(value)", "metric", names.metrics, "ft_")
+        return [
+            ("ftnc", "view_nc_trial", ("trial_id",), fine),
+            ("down", "view_nc_down", ("run_id", "dataset"), down),
+        ]
     if level == "model":
         return [
             ("src", "view_nc_source", ("run_id",), src),

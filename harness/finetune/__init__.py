@@ -8,8 +8,11 @@ Every method puts a fresh linear classifier on the backbone and trains some of i
 - ``scl`` (SCL FT): block L and the classifier, which reads concat(pool(block L), pre_logits), a
   skip connection from the fine-tuned block straight to the classifier.
 
-A backbone is split into an ordered list of ``Stage``s (``stages``: a registry keyed by timm model
-class) so that the frozen prefix before the first trained stage, the trained block and the rest can
+Block L is one block of the layer registry (``layer3.1``, ``blocks.7``) or a whole ResNet stage
+(``layer3``: all its blocks train, the skip reads its last block). SCL is refused at a block whose
+pooled output *is* the penultimate features (a ResNet's last residual block): its skip would add
+nothing. A backbone is split into an ordered list of ``Stage``s, one per block (``stages``: a
+registry keyed by timm model class) so that the frozen prefix before the first trained stage, the trained block and the rest can
 run on their own (``methods``: ``Method`` and ``FinetuneNet``). Without augmentation the frozen
 prefix is deterministic, so its outputs are computed once per (checkpoint, data, stage) and kept in
 an ``ActivationCache`` (``cache``: RAM up to a budget, then memory-mapped files on disk), shared by
@@ -24,9 +27,32 @@ from harness.finetune.cache import (
     Activations,
     default_cache,
 )
-from harness.finetune.methods import METHODS, FinetuneNet, Method, build_net
-from harness.finetune.stages import DECOMPOSERS, Stage, decompose, register_stages, run_stages
-from harness.finetune.trial import EVAL_BATCH, NC_MAX_SAMPLES, ROW_COLUMNS, TrialConfig, run_trial
+from harness.finetune.methods import (
+    METHODS,
+    FinetuneNet,
+    Method,
+    build_net,
+    check_layer,
+    layer_problem,
+    scl_blocks,
+)
+from harness.finetune.stages import (
+    DECOMPOSERS,
+    Stage,
+    choices,
+    decompose,
+    register_stages,
+    run_stages,
+    select,
+)
+from harness.finetune.trial import (
+    EVAL_BATCH,
+    NC_MAX_SAMPLES,
+    ROW_COLUMNS,
+    VAL_PER_CLASS,
+    TrialConfig,
+    run_trial,
+)
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -37,6 +63,7 @@ __all__ = [
     "METHODS",
     "NC_MAX_SAMPLES",
     "ROW_COLUMNS",
+    "VAL_PER_CLASS",
     "ActivationCache",
     "Activations",
     "FinetuneNet",
@@ -44,9 +71,14 @@ __all__ = [
     "Stage",
     "TrialConfig",
     "build_net",
+    "check_layer",
+    "choices",
     "decompose",
     "default_cache",
+    "layer_problem",
     "register_stages",
     "run_stages",
     "run_trial",
+    "scl_blocks",
+    "select",
 ]

@@ -15,17 +15,18 @@ from torch import nn
 
 from harness import models
 from harness.errors import HarnessError
-from harness.finetune.stages import Stage, decompose, run_stages
+from harness.finetune.stages import Stage, choices, decompose, run_stages, select
 
 
 @dataclass(frozen=True)
 class Method:
-    """A fine-tuning method: which stages train (given the stages and block L's index), and
-    whether the classifier also reads block L (the SCL skip connection)."""
+    """A fine-tuning method: which stages train (given the stages and the indices of the blocks
+    layer L selects: one block, or every block of a stage), and whether the classifier also
+    reads block L's output (the SCL skip connection; for a whole stage, its last block's)."""
 
     name: str
     needs_layer: bool
-    trains: Callable[[list[Stage], int | None], set[int]]
+    trains: Callable[[list[Stage], list[int]], set[int]]
     skip: bool = False
     doc: str = ""
 
@@ -35,20 +36,55 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("linear_probe", False, lambda st, L: set(), doc="classifier on frozen features"),
         Method("full", False, lambda st, L: set(range(len(st))), doc="every parameter"),
-        Method("layer", True, lambda st, L: {L}, doc="block L + classifier"),
-        Method("scl", True, lambda st, L: {L}, skip=True, doc="block L + classifier on [L, pre]"),
+        Method("layer", True, lambda st, L: set(L), doc="block(s) L + classifier"),
+        Method(
+            "scl", True, lambda st, L: set(L), skip=True, doc="block L + classifier on [L, pre]"
+        ),
     )
 }
 
 
-def _layer_index(stages: list[Stage], method: Method, layer: str | None) -> int | None:
-    """Index of block L among ``stages``: a selectable stage when ``method`` needs one, else
-    None (and ``layer`` must be None)."""
-    blocks = [s.name for s in stages if s.selectable]
-    if (layer is not None) != method.needs_layer or (layer and layer not in blocks):
-        need = f"one of {', '.join(blocks)}" if method.needs_layer else "none"
-        raise HarnessError(f"method {method.name}: layer {layer!r}; it takes {need}")
-    return [s.name for s in stages].index(layer) if layer is not None else None
+def layer_problem(
+    stages: list[Stage], method: Method, layer: str | None, arch: str = "this model"
+) -> str | None:
+    """Why ``layer`` is not a valid block L for ``method`` on these stages of ``arch`` (one
+    line, naming the valid choices), or None when it is."""
+    valid = choices(stages, method.skip)
+    if not method.needs_layer:
+        if layer is None:
+            return None
+        return f"method {method.name} fine-tunes no single layer; leave layer unset (got {layer!r})"
+    if layer is None:
+        return f"method {method.name} needs a layer of {arch}; valid: {', '.join(valid)}"
+    if layer in valid:
+        return None
+    if method.skip and layer in choices(stages):
+        return (
+            f"method {method.name} cannot use layer {layer!r} of {arch}: its pooled output is "
+            f"the penultimate features, so the skip would repeat them; valid: {', '.join(valid)}"
+        )
+    return f"unknown layer {layer!r} for method {method.name} on {arch}; valid: {', '.join(valid)}"
+
+
+def check_layer(model: nn.Module, method: str, layer: str | None) -> None:
+    """Raise a one-line HarnessError unless ``layer`` is a valid block L for ``method`` on
+    ``model`` (a ``PretrainNet`` or a timm backbone); needs no data and no forward pass."""
+    if method not in METHODS:
+        raise HarnessError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    backbone = model.backbone if isinstance(model, models.PretrainNet) else model
+    bad = layer_problem(decompose(backbone), METHODS[method], layer, type(backbone).__name__)
+    if bad is not None:
+        raise HarnessError(bad)
+
+
+def scl_blocks(model: nn.Module) -> list[str]:
+    """The single blocks SCL can use on ``model``, the candidates of ``layer: auto``: no whole
+    stage, not the block whose pooled output is the penultimate features, and not a stem (a
+    block that reads the raw image, as ResNet's ``act1``: too shallow to be a transfer layer)."""
+    backbone = model.backbone if isinstance(model, models.PretrainNet) else model
+    stages = decompose(backbone)
+    usable = set(choices(stages, skip=True))
+    return [s.name for s in stages[1:] if s.selectable and s.name in usable]
 
 
 def _train_only(backbone: nn.Module, stages: list[Stage]) -> None:
@@ -66,7 +102,10 @@ class FinetuneNet(nn.Module):
 
     Stages before ``start`` (the first trained stage) are frozen: ``prefix`` runs them in eval
     mode without gradients, and their output is what ``forward`` takes (and what the activation
-    cache stores). Frozen stages stay in eval mode also under ``train()``."""
+    cache stores). Frozen stages stay in eval mode also under ``train()``. ``layer`` is what the
+    method was given (a block or a whole stage); ``read_layer`` the block whose pooled output
+    the features carry (the stage's last block), pooled by ``pool`` (``auto``: the backbone's own
+    pooling, ``models.default_pool``)."""
 
     def __init__(
         self,
@@ -75,19 +114,24 @@ class FinetuneNet(nn.Module):
         layer: str | None,
         num_classes: int,
         example: torch.Tensor,
-        pool: str = "cls",
+        pool: str = models.AUTO_POOL,
     ):
         super().__init__()
         if method not in METHODS:
             raise HarnessError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
         self.backbone = backbone
         self.method = METHODS[method]
-        self.pool = pool
+        self.pool = models.resolve_pool(backbone, pool)
         self.n_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0) or 0)
         self.stages = decompose(backbone)
+        bad = layer_problem(self.stages, self.method, layer, type(backbone).__name__)
+        if bad is not None:
+            raise HarnessError(bad)
         self.layer = layer
-        self.layer_index = _layer_index(self.stages, self.method, layer)
-        self.trainable = sorted(self.method.trains(self.stages, self.layer_index))
+        selected = select(self.stages, layer) if layer is not None else []
+        self.layer_index = selected[-1] if selected else None
+        self.read_layer = self.stages[selected[-1]].name if selected else None
+        self.trainable = sorted(self.method.trains(self.stages, selected))
         self.start = self.trainable[0] if self.trainable else len(self.stages)
         _train_only(backbone, [self.stages[i] for i in self.trainable])
         self.classifier = nn.Linear(self._classifier_width(example), num_classes)
@@ -115,7 +159,8 @@ class FinetuneNet(nn.Module):
         return run_stages(self.stages, x, 0, self.start).float()
 
     def features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """From the prefix output: {block L: pooled output (when L is set), pre_logits: ...}."""
+        """From the prefix output: {``read_layer``: its pooled output (when L is set),
+        pre_logits: ...}."""
         out: dict[str, torch.Tensor] = {}
         for i in range(self.start, len(self.stages)):
             h = self.stages[i].run(h)
@@ -127,7 +172,7 @@ class FinetuneNet(nn.Module):
     def classifier_input(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """pre_logits, or concat(pool(block L), pre_logits) for the skip connection."""
         if self.method.skip:
-            return torch.cat([feats[self.layer], feats[models.PRE_LOGITS]], dim=1)
+            return torch.cat([feats[self.read_layer], feats[models.PRE_LOGITS]], dim=1)
         return feats[models.PRE_LOGITS]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -148,7 +193,7 @@ def build_net(
     layer: str | None,
     num_classes: int,
     input_shape: tuple[int, int, int],
-    pool: str = "cls",
+    pool: str = models.AUTO_POOL,
 ) -> FinetuneNet:
     """The fine-tuning network of ``model`` (a ``PretrainNet`` or a timm model; its own head is
     dropped) for ``method``; ``input_shape`` (C, H, W) sizes the classifier by a dry run."""

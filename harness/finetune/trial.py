@@ -8,6 +8,7 @@ features.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -24,12 +25,18 @@ from torch import nn
 from harness import bounds, data, models
 from harness.errors import HarnessError
 from harness.finetune.cache import ActivationCache, Activations, default_cache
-from harness.finetune.methods import METHODS, FinetuneNet, build_net
+from harness.finetune.methods import METHODS, FinetuneNet, build_net, check_layer
 from harness.nc import nc_metrics
 from harness.schedule import cosine_lr
 
 EVAL_BATCH = 256  # batch for passes without gradients (cache fill, evaluation, NC)
 NC_MAX_SAMPLES = 2000  # downstream NC is measured on at most this many train samples
+# Validation follows the budget: a trial with per_class = k validates on min(k, VAL_PER_CLASS)
+# samples of each class, drawn (seeded by the trial's seed, stratified) from the val split; with
+# per_class None on the whole val split. Few-shot model selection then sees few-shot validation
+# data (as the paper's regime has), and the cap keeps larger budgets from paying for
+# evaluation. A class with fewer val samples than that gives all it has.
+VAL_PER_CLASS = 50
 # The `finetune` table columns run_trial fills; the caller adds the rest (trial_id, run_id,
 # status, error, and whatever else the sweep records).
 ROW_COLUMNS = (
@@ -55,9 +62,12 @@ ROW_COLUMNS = (
 
 @dataclass
 class TrialConfig:
-    """One fine-tuning trial. ``layer`` is block L (a layer-registry name, required for
+    """One fine-tuning trial. ``layer`` is block L (a block of the layer registry, e.g.
+    ``layer3.1`` / ``blocks.7``, or a whole ResNet stage ``layer3``; required for
     ``layer``/``scl``, None otherwise); ``per_class`` is the downstream training budget (None:
-    all); ``pool`` pools block-L tokens of a ViT (``cls`` or ``mean``; CNN maps are averaged)."""
+    all; it also sizes the validation set, see ``VAL_PER_CLASS``); ``pool`` pools block-L tokens
+    of a ViT for the SCL skip (``auto``: as the model's classifier does, CLS or the patch mean;
+    CNN maps are averaged)."""
 
     checkpoint: str
     dataset: str
@@ -71,7 +81,7 @@ class TrialConfig:
     batch_size: int = 64
     seed: int = 0
     augment: str = "none"
-    pool: str = "cls"
+    pool: str = models.AUTO_POOL
     data_root: str | None = None
     data_kwargs: dict = field(default_factory=dict)
     nc: bool = True
@@ -94,14 +104,7 @@ class TrialConfig:
             return
         if model is None:
             model, _ = models.load_checkpoint(self.checkpoint)
-        valid = [ly.name for ly in models.model_layers(model) if ly.kind == "feature"]
-        if self.layer is None:
-            raise HarnessError(f"method {self.method} needs a layer; valid: {', '.join(valid)}")
-        if self.layer not in valid:
-            raise HarnessError(
-                f"unknown layer {self.layer!r} for method {self.method} on "
-                f"{type(getattr(model, 'backbone', model)).__name__}; valid: {', '.join(valid)}"
-            )
+        check_layer(model, self.method, self.layer)
 
     def _validate_budget(self) -> None:
         if self.per_class is None:
@@ -115,6 +118,24 @@ class TrialConfig:
                 f"per_class={self.per_class} is more than {self.dataset}/train has of class "
                 f"{name!r} ({counts[c]} samples, the smallest class)"
             )
+
+    def val_per_class(self) -> int | None:
+        """Samples per class of the validation set (None: the whole val split)."""
+        return None if self.per_class is None else min(self.per_class, VAL_PER_CLASS)
+
+    def load_val(self) -> data.ArrayDataset:
+        """The validation set of this budget (``VAL_PER_CLASS``): stratified, seeded."""
+        ds = self._load("val")
+        k = self.val_per_class()
+        if k is None:
+            return ds
+        rng = np.random.default_rng(self.seed)
+        targets = np.asarray(ds.targets)
+        keep = [rng.permutation(np.flatnonzero(targets == c))[:k] for c in np.unique(targets)]
+        rows = np.sort(np.concatenate(keep))
+        sub = copy.copy(ds)
+        sub.ids, sub.targets = ds.ids[rows], targets[rows]
+        return sub
 
     def _load(self, split: str, **kw: Any) -> data.ArrayDataset:
         return data.load(
@@ -229,7 +250,7 @@ def _downstream_nc(
     y = split.targets[idx]
     W, b = net.classifier.weight.detach(), net.classifier.bias.detach()
     out = {}
-    for name in [models.PRE_LOGITS] + ([net.layer] if net.layer is not None else []):
+    for name in [models.PRE_LOGITS] + ([net.read_layer] if net.read_layer is not None else []):
         direct = name == models.PRE_LOGITS and not net.method.skip
         cls = (W, b) if direct else (None, None)
         out[name] = nc_metrics(feats[name], y, *cls, num_classes=num_classes)
@@ -309,7 +330,8 @@ def _open_splits(
     train_eval = train
     if cfg.augment != "none":
         train_eval = split("train", cfg._load("train", per_class=cfg.per_class), cfg.per_class)
-    val, test = split("val", cfg._load("val")), split("test", cfg._load("test"))
+    val = split("val", cfg.load_val(), cfg.val_per_class())
+    test = split("test", cfg._load("test"))
     return _Splits(train, train_eval, val, test)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +65,33 @@ def _checked_view(con: Any, table: str, files: list[Path]) -> list[Damage]:
     return bad
 
 
+# What a scoped view keeps of each table (``connect(scope=...)``): the rows of the scope's
+# pre-training runs, of their fine-tuning trials, and the NC rows of either or of their
+# checkpoints. Tables are scoped in this order, so the nc filter reads the scoped views.
+SCOPE_FILTERS: dict[str, str] = {
+    "runs": "run_id IN (SELECT run_id FROM _scope)",
+    "pretrain": "run_id IN (SELECT run_id FROM _scope)",
+    "scores": "run_id IN (SELECT run_id FROM _scope)",
+    "finetune": "run_id IN (SELECT run_id FROM _scope)",
+    "nc": "run_id IN (SELECT run_id FROM _scope) OR run_id IN (SELECT trial_id FROM finetune) "
+    "OR checkpoint IN (SELECT checkpoint FROM pretrain WHERE checkpoint IS NOT NULL)",
+}
+
+
+def _apply_scope(con: Any, scope: Sequence[str]) -> None:
+    """Narrow every table's view to one study (``SCOPE_FILTERS``): the raw views move to
+    ``_all_<table>`` and ``<table>`` becomes the filtered view over them."""
+    con.execute("CREATE TABLE _scope (run_id VARCHAR)")
+    if scope:
+        con.executemany("INSERT INTO _scope VALUES (?)", [[str(r)] for r in scope])
+    have = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    for t in SCOPE_FILTERS:
+        if t not in have:  # an empty root: empty views, so that a study's queries still bind
+            con.execute(f"CREATE VIEW {t} AS {_view_sql(t, [])}")
+        con.execute(f"ALTER VIEW {t} RENAME TO _all_{t}")
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM _all_{t} WHERE {SCOPE_FILTERS[t]}")
+
+
 def _sandbox(con: Any, root: Path) -> None:
     """Queries may read the results root and nothing else, write nothing, load nothing; the
     settings are locked so that SQL cannot switch them back."""
@@ -83,6 +110,7 @@ def connect(
     tables: Iterable[str] | None = None,
     exclude: Iterable[Path] = (),
     warn_tables: Iterable[str] | None = None,
+    scope: Sequence[str] | None = None,
 ):
     """A read-only, sandboxed DuckDB connection with one view per table over its live Parquet
     parts (a consistent snapshot: see ``harness.store.parts``).
@@ -93,6 +121,9 @@ def connect(
     Damaged parts (and ``exclude``) are left out, each with one warning line on stderr when its
     table is among ``warn_tables`` (default: all). The connection can read files under the root
     only, and cannot write, attach or load anything.
+
+    ``scope`` (pre-training run ids): every view holds only that study's rows
+    (``SCOPE_FILTERS``), so whatever is built on the connection reads one study, not the root.
     """
     import duckdb
 
@@ -110,6 +141,8 @@ def connect(
                     for d in _checked_view(con, t, live[t]):
                         if t in loud:
                             warn(d, base)
+            if scope is not None:
+                _apply_scope(con, scope)
         ro = duckdb.connect(path, read_only=True)
     finally:
         for f in os.listdir(tmpdir):
@@ -120,17 +153,23 @@ def connect(
 
 
 def reading(
-    fn: Callable[[Any], T], root: str | os.PathLike | None, tables=None, warn_tables=None
+    fn: Callable[[Any], T],
+    root: str | os.PathLike | None,
+    tables=None,
+    warn_tables=None,
+    scope: Sequence[str] | None = None,
 ) -> T:
     """Run ``fn(connection)`` on a fresh snapshot: read again if a compaction deleted a part
-    under it, and leave out (with a warning) a part whose data turns out unreadable."""
+    under it, and leave out (with a warning) a part whose data turns out unreadable. ``scope``:
+    the connection's views hold one study's rows (see ``connect``)."""
     import duckdb
 
     base = results_root(root).resolve()
     exclude: set[Path] = set()
 
     def once() -> T:
-        con = connect(base, tables, exclude, warn_tables if warn_tables is not None else tables)
+        loud = warn_tables if warn_tables is not None else tables
+        con = connect(base, tables, exclude, loud, scope=scope)
         try:
             return fn(con)
         finally:
@@ -154,10 +193,14 @@ def fetch(
     params: Any = None,
     root: str | os.PathLike | None = None,
     tables: Iterable[str] | None = None,
+    scope: Sequence[str] | None = None,
 ) -> list[tuple]:
-    """Rows of one query over a fresh snapshot (see ``reading``)."""
+    """Rows of one query over a fresh snapshot (see ``reading``), of one study with ``scope``."""
     return reading(
-        lambda con: (con.execute(sql, params) if params else con.sql(sql)).fetchall(), root, tables
+        lambda con: (con.execute(sql, params) if params else con.sql(sql)).fetchall(),
+        root,
+        tables,
+        scope=scope,
     )
 
 
