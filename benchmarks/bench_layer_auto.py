@@ -6,7 +6,7 @@ makes them) × downstream ``mnist5k`` and ``animal_mnist`` at ``per_class`` 20. 
 (checkpoint, dataset) pair:
 
 - the block ``layer: auto`` picks (``harness.sweep.auto_layer``: lowest NC1 of the pre-trained
-  features on the downstream train split, measured into the store on demand), and the seconds
+  features on the trial's own budget samples, among the blocks SCL can use), and the seconds
   that choice took (the NC measurement; the data is decoded beforehand, outside every timing);
 - an SCL trial (``harness.finetune.run_trial``) per candidate block (the blocks ``auto`` chooses
   from) × learning rate × seed; per block the learning rate with the best mean validation
@@ -42,9 +42,10 @@ from harness import finetune as ft
 
 
 def candidates(ckpt: str) -> list[str]:
-    """The blocks ``layer: auto`` chooses from (feature blocks but the stem)."""
+    """The blocks ``layer: auto`` chooses from (``finetune.scl_blocks``: single blocks SCL can
+    use, no stem)."""
     model, _ = models.load_checkpoint(ckpt)
-    return [ly.name for ly in models.model_layers(model) if ly.kind == "feature"][1:]
+    return ft.scl_blocks(model)
 
 
 def scl_trial(ckpt: str, dataset: str, layer: str, lr: float, seed: int, args) -> dict:
@@ -84,8 +85,10 @@ def layer_scores(ckpt: str, dataset: str, layer: str, args: argparse.Namespace) 
 def one_pair(root, ck: dict[str, Any], dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     for split in ("train", "val", "test"):  # decode outside every timing
         data.load(dataset, split)
+    model, _ = models.load_checkpoint(ck["checkpoint"])
+    cfg = ft.TrialConfig(ck["checkpoint"], dataset, "scl", "auto", per_class=args.per_class)
     t0 = time.perf_counter()
-    picked, why = sweep.auto_layer(ck["checkpoint"], dataset, root)
+    picked, why = sweep.auto_layer(cfg, model)  # NC1 on the trial's own budget samples (seed 0)
     nc_s = time.perf_counter() - t0
     scores = {
         ly: layer_scores(ck["checkpoint"], dataset, ly, args) for ly in candidates(ck["checkpoint"])
