@@ -125,10 +125,14 @@ def test_killed_sweep_driver_leaves_no_ray_process(results, tmp_path, checkpoint
             )
             return not left and not session_processes(record["session_dir"], node)
 
-        wait_for(session_gone, 30)
+        def reaped():  # the watchdog stops the processes, then removes the record and logs
+            log = results / "ray" / orphans.LOG
+            return session_gone() and not record_path.exists() and log.exists()
+
+        wait_for(reaped, 30)
         took = time.monotonic() - t0
         print(f"no process of the killed driver's Ray session after {took:.1f} s")
-        assert not record_path.exists()
+        assert session_gone() and not record_path.exists()
         assert "Ray session" in (results / "ray" / orphans.LOG).read_text()
     finally:
         if driver.poll() is None:
