@@ -25,13 +25,9 @@ if TYPE_CHECKING:
 Echo = Callable[[str], None]
 
 
-def study_run_ids(spec: Any) -> list[str]:
-    return [cfg.run_id() for cfg in spec.pretrain_spec().runs()]
-
-
 def _checkpoints(spec: Any, root: Path) -> list[dict[str, Any]]:
     """The study's finished pre-training runs: run_id, arch, dataset, checkpoint."""
-    ids = study_run_ids(spec)
+    ids = spec.run_ids()
     if not store.parts("pretrain", root):
         return []
     con = store.connect(root)
@@ -56,7 +52,7 @@ def stage_pretrain(spec: Any, root: Path, executor: str, echo: Echo) -> None:
     sub = spec.pretrain_spec()
     jobs = submit.submit(sub, executor, root=root, wait=False, echo=echo, cancel_on_interrupt=True)
     if jobs and executor == "slurm":
-        wait_live(root, study_run_ids(spec), echo)
+        wait_live(root, spec.run_ids(), echo)
 
 
 def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -> None:

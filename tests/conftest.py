@@ -33,3 +33,14 @@ def results(tmp_path, monkeypatch) -> Path:
 def shared_tmp(tmp_path) -> Path:
     """A folder SLURM jobs can read and write (both fake nodes share this host's /tmp)."""
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: thread start-up costs more than it saves, and far more on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

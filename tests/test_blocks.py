@@ -20,13 +20,7 @@ PRESETS = ("resnet_tiny", "vit_tiny")
 MID_BLOCK = {"resnet_tiny": "layer3.2", "vit_tiny": "blocks.7"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: thread start-up costs more than it saves, and far more on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(arch: str, size: int = 28, num_classes: int = 10) -> models.PretrainNet:

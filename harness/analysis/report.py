@@ -169,6 +169,15 @@ def _section(name: str) -> Section:
     return Section(name, title, intro)
 
 
+def _queried(ctx: ReportContext, name: str) -> tuple[Section, list[dict[str, Any]]]:
+    """The section ``name`` and the records of its query; no records: the section says so."""
+    sec = _section(name)
+    recs = ctx.query(sec, name)
+    if not recs:
+        sec.note = NO_DATA
+    return sec, recs
+
+
 def _left_out(dropped: int, unit: str) -> str:
     return (
         f"{dropped} group(s) with fewer than {MIN_GROUP} {unit}s are plotted, not tabulated."
@@ -224,10 +233,8 @@ BUDGET_COLUMNS = (
 
 
 def _budget_section(ctx: ReportContext, name: str) -> Section:
-    sec = _section(name)
-    recs = ctx.query(sec, name)
+    sec, recs = _queried(ctx, name)
     if not recs:
-        sec.note = NO_DATA
         return sec
     for r in recs:
         r["acc_lo"], r["acc_hi"] = mean_interval(r["acc"], r["acc_std"], r["runs"], ctx.ci)
@@ -265,10 +272,8 @@ def _ranking_section(ctx: ReportContext, name: str) -> Section:
 
 
 def _runs_section(ctx: ReportContext, name: str) -> Section:
-    sec = _section(name)
-    recs = ctx.query(sec, name)
+    sec, recs = _queried(ctx, name)
     if not recs:
-        sec.note = NO_DATA
         return sec
     cols = ("run_id", "arch", "loss", "source", "epochs", "source_acc")
     every = records_table(recs, cols, caption=f"every run ({len(recs)} runs)")
