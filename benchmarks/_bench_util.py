@@ -48,23 +48,24 @@ def pretrain(
     dataset: str = "fashion_mnist",
     epochs: int = 2,
     limit: int = 2000,
+    study: str | None = None,
     echo=print,
 ) -> tuple[list[dict[str, Any]], float]:
     """Pre-train one checkpoint per architecture as ``harness submit --executor local`` does
-    (a one-axis grid over ``arch``); returns ([{checkpoint, arch, run_id}], seconds)."""
+    (a one-axis grid over ``arch``), or, with ``study`` (a study spec's path), as that study
+    pre-trains its plain cross-entropy run of each architecture; returns
+    ([{checkpoint, arch, run_id}], seconds)."""
     from harness.config import SubmitSpec
     from harness.submit import submit
 
+    resources = dict(nodes=1, tasks_per_node=1, cpus_per_task=1, mem_gb=4, timeout_min=60)
+    if study is None:
+        base = dict(dataset=dataset, limit=limit, epochs=epochs, batch_size=128, lr=0.02)
+        points: dict[str, Any] = dict(grid=dict(arch=list(archs)), base=base | dict(nc_limit=500))
+    else:
+        points = study_ce_runs(study, archs)
     spec = SubmitSpec.from_dict(
-        dict(
-            name="bench-pretrain",
-            resources=dict(nodes=1, tasks_per_node=1, cpus_per_task=1, mem_gb=4, timeout_min=60),
-            base=dict(
-                dataset=dataset, limit=limit, epochs=epochs, batch_size=128, lr=0.02, nc_limit=500
-            ),
-            grid=dict(arch=list(archs)),
-        ),
-        "bench pre-training spec",
+        dict(name="bench-pretrain", resources=resources, **points), "bench pre-training spec"
     )
     t0 = time.perf_counter()
     submit(spec, "local", root=root, echo=lambda line: echo(f"  {line}"))
@@ -74,6 +75,25 @@ def pretrain(
     if missing:
         raise SystemExit(f"pre-training recorded no checkpoint for {', '.join(sorted(missing))}")
     return found, took
+
+
+def study_ce_runs(study: str, archs: list[str]) -> dict[str, Any]:
+    """The ``base`` and ``include`` of a study's pre-training that give its plain cross-entropy
+    run (no augmentation, no projection head) of each of ``archs``, first listed wins."""
+    from harness.config import load_yaml
+
+    pre = load_yaml(study)["pretrain"]
+    base = dict(pre.get("base", {}))
+    plain: dict[str, dict[str, Any]] = {}
+    for point in pre.get("include", []) or [{}]:
+        run = base | point
+        variant = run.get("augment", "none") != "none" or run.get("head_depth", 0)
+        if run.get("loss", "ce") == "ce" and not variant and run.get("arch") in archs:
+            plain.setdefault(run["arch"], point)
+    missing = [a for a in archs if a not in plain]
+    if missing:
+        raise SystemExit(f"{study}: no plain cross-entropy pre-training run of {missing}")
+    return dict(base=base, include=[plain[a] for a in archs])
 
 
 def verdict(ok: bool) -> str:

@@ -10,6 +10,8 @@
     means; pass 2: each batch centred on them, Sigma_W += diff^T diff). Also the engine's
     two-pass projected plan on the same batches read twice, as the reference reads them (pass 2
     keeps Sigma_W on the span of the class means only; in a model it is a second forward pass).
+    The floor: one float32 syrk of all the features in memory (the N·D² flops any exact one-pass
+    plan with float32 products must do), and theirs / floor, the most such a plan can gain here.
     Best of 3, interleaved; ratios of times and the max relative difference of nc1 from the
     float64 reference of (a).
 (b) all-layer NC (every feature_info layer + pre-logits) of a resnet18 on 10k 28x28 images vs the
@@ -25,6 +27,7 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -129,6 +132,26 @@ def two_pass_float32(batches: list, K: int) -> float:
     return float((w / lam).sum()) / K
 
 
+def syrk_floor(N: int, D: int, K: int) -> float:
+    """Seconds (best of 3, fresh process) of the least an exact one-pass float32 plan can do
+    on ``features(N, D, K)``: one syrk (N·D² flops) of all the features at once, in memory, no
+    centring, no merges. numpy calls BLAS syrk for ``a.T @ a``; a fresh process because
+    numpy's BLAS threads keep spinning after a call and slow the torch work timed next to them
+    (and torch's threads slow the BLAS call in turn)."""
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from bench_nc import features\n"
+        f"X, _ = features({N}, {D}, {K})\n"
+        "best = float('inf')\n"
+        "for _ in range(4):\n"
+        "    t = time.perf_counter(); X.T @ X; best = min(best, time.perf_counter() - t)\n"
+        "print(best)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
 def bench_streaming(X: np.ndarray, y: np.ndarray, K: int, ref: dict, batch: int = 256) -> None:
     """(s) the engine's streaming plans (one pass; and two passes, as the reference) vs the
     independent two-pass float32 one, on the same batches."""
@@ -171,6 +194,7 @@ def bench_streaming(X: np.ndarray, y: np.ndarray, K: int, ref: dict, batch: int 
             best[name] = min(best[name], time.perf_counter() - t)
     rel = {k: abs(v - ref["nc1"]) / abs(ref["nc1"]) for k, v in nc1.items()}
     N, D = X.shape
+    best["floor"] = syrk_floor(N, D, K)
     print(
         f"(s) streaming N={N} D={D} K={K}, batches of {batch}: engine (float32 products) "
         f"{best['ours']:.3f} s, engine precision=float64 {best['float64']:.3f} s, independent "
@@ -178,6 +202,10 @@ def bench_streaming(X: np.ndarray, y: np.ndarray, K: int, ref: dict, batch: int 
         f"    ours/theirs time {best['ours'] / best['theirs']:.2f} "
         f"({best['theirs'] / best['ours']:.2f}x faster; goal >= 2.5x), ours/float64-plan time "
         f"{best['ours'] / best['float64']:.2f} ({best['float64'] / best['ours']:.2f}x faster)\n"
+        f"    floor: one float32 syrk of all N rows in memory (fresh process) {best['floor']:.3f} s, "
+        f"{best['theirs'] / best['floor']:.2f}x faster than theirs: about the most an exact "
+        f"one-pass plan with float32 products can gain here; ours takes "
+        f"{best['ours'] / best['floor']:.2f}x the floor's time\n"
         f"    engine two-pass (projected; the batches read twice, as theirs) "
         f"{best['two_pass']:.3f} s: {best['theirs'] / best['two_pass']:.2f}x faster than theirs\n"
         f"    nc1 max rel. diff from the float64 reference: ours {rel['ours']:.1e}, "

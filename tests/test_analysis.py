@@ -533,10 +533,10 @@ def test_report(known, tmp_path):
         assert_not_blank(out / f"{name}.png")
         assert f"]({name}.png)" in md  # the Markdown links its figures; the page embeds them
     assert page.count("data:image/png;base64,") >= len(names) and ".png'" not in page
-    for name in [*names, "score_ranking"]:
+    for name in [*names, "score_ranking", "layer_auto_gap"]:
         assert f"analysis/{name}.sql" in md and f"analysis/{name}.sql" in page
         assert analysis.load_sql(name).strip() in md  # the SQL that produced the section
-    assert "no data yet" not in md and md.count("```sql") == 7
+    assert "no data yet" not in md and md.count("```sql") == 8
     # the numbers: source NC1 vs linear probe, per architecture
     x, y = by_arch(truth, "s")["vit"], by_arch(truth, "lp")["vit"]
     row = next(line for line in md.splitlines() if line.startswith("| mnist5k / vit |"))

@@ -365,3 +365,42 @@ def test_cli_reads_only_the_named_study(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert [row["n"] for row in json.loads(r.stdout)["rows"]] == [10]
+
+
+def test_layer_auto_gap_against_the_blocks_tried(tmp_path):
+    """analysis/layer_auto_gap.sql and the report's line: per block and seed the best-validation
+    configuration, the mean over seeds, the gap to the best block; a group where SCL ran at one
+    block only is left out."""
+    from harness.analysis.report import auto_gap_line
+    from harness.analysis.views import _fetch, load_sql
+
+    rows: dict[str, list[dict]] = {"pretrain": [], "finetune": []}
+    for i, (auto_accs, other_accs) in enumerate(
+        [((0.6, 0.7), (0.8, 0.9)), ((0.9, 0.9), (0.5, 0.5))]
+    ):
+        rid, ck = f"g-{i}", f"/ck/g-{i}.pt"
+        rows["pretrain"].append(dict(run_id=rid, arch="resnet", dataset=SOURCE, checkpoint=ck))
+        base = dict(run_id=rid, checkpoint=ck, arch="resnet", dataset=DOWN, per_class=50,
+                    status="done", method="scl", total_params=1000)  # fmt: skip
+        for seed in (0, 1):
+            t = f"{rid}/{seed}"
+            rows["finetune"] += [
+                dict(base, trial_id=f"{t}/auto", seed=seed, layer="s2", layer_choice="auto: …",
+                     lr=0.01, test_acc=auto_accs[seed], val_acc=0.5),
+                dict(base, trial_id=f"{t}/s3", seed=seed, layer="s3", lr=0.01,
+                     test_acc=other_accs[seed], val_acc=0.6),
+                # a higher test accuracy at a lower validation accuracy: not the block's choice
+                dict(base, trial_id=f"{t}/s3b", seed=seed, layer="s3", lr=0.1, test_acc=0.99,
+                     val_acc=0.55),
+                # one block only at another budget: no comparison
+                dict(base, trial_id=f"{t}/b5", seed=seed, layer="s2", layer_choice="auto: …",
+                     per_class=5, lr=0.01, test_acc=0.3, val_acc=0.3),
+            ]  # fmt: skip
+    root = write(tmp_path / "r", rows)
+    recs = store.reading(lambda con: _fetch(con, load_sql("layer_auto_gap")), root)
+    got = {r["run_id"]: (r["picked"], r["best"], round(r["gap_pts"], 6), r["blocks"]) for r in recs}
+    assert got == {"g-0": ("s2", "s3", 20.0, 2), "g-1": ("s2", "s2", 0.0, 2)}
+    line = auto_gap_line(recs)
+    assert "over 2 (run, dataset, budget) groups" in line and "10.0 points below" in line
+    assert "in 1 of 2" in line
+    assert "no run and dataset" in auto_gap_line([])

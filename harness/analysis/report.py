@@ -217,6 +217,7 @@ def _layer_section(ctx: ReportContext, name: str) -> Section:
         return sec
     depth_plot(curves, ctx.out / f"{name}.png", acc_records=recs)
     sec.figures.append(f"{name}.png")
+    sec.items.append(auto_gap_line(ctx.query(sec, "layer_auto_gap")))
     rows, _ = ctx.stats(recs, "down_nc1", "acc", ("dataset", "arch", "run_id", "method"), True)
     table = correlation_table(rows, min_n=MIN_GROUP)
     if table.rows:
@@ -224,6 +225,25 @@ def _layer_section(ctx: ReportContext, name: str) -> Section:
         table.collapsed = True  # one row per model: the figure shows it better
         sec.tables.append(table)
     return sec
+
+
+def auto_gap_line(recs: Sequence[Mapping[str, Any]]) -> str:
+    """One line on ``layer: auto`` from ``analysis/layer_auto_gap.sql``'s records: the mean gap
+    to the best block the study tried, and how often the pick was that block."""
+    head = "`layer: auto`"
+    ok = [r for r in recs if not _missing(r["gap_pts"])]
+    if not ok:
+        return f"{head}: no run and dataset where SCL ran at the picked block and another."
+    gap = sum(r["gap_pts"] for r in ok) / len(ok)
+    hits = sum(r["picked"] == r["best"] for r in ok)
+    blocks = sorted({r["blocks"] for r in ok})
+    span = f"{blocks[0]}" if len(blocks) == 1 else f"{blocks[0]}–{blocks[-1]}"
+    return (
+        f"{head}: over {len(ok)} (run, dataset, budget) groups where SCL ran at {span} blocks, "
+        f"the picked block's test accuracy is {gap:.1f} points below the best block tried "
+        f"(an oracle, chosen by test accuracy); the pick was that block in {hits} of {len(ok)}. "
+        "benchmarks/bench_layer_auto.py measures the gap against every block."
+    )
 
 
 BUDGET_COLUMNS = (
