@@ -110,7 +110,10 @@ def measure_model(
             torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False
         )
         num_classes = ds.info.num_classes
-        accs = {ly.name: NCAccumulator(num_classes) for ly in layers}
+        # a second pass for NCC runs anyway: then every layer takes the projected plan, whose
+        # pass 2 costs O(B·D·K) instead of pass 1's D×D scatter, O(B·D²)
+        mode = "projected" if ncc else "auto"
+        accs = {ly.name: NCAccumulator(num_classes, mode=mode) for ly in layers}
 
         def run_pass(second: bool) -> None:
             label = f"{desc} pass {2 if second else 1}"

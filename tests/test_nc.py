@@ -543,3 +543,24 @@ def test_all_reduce_of_float32_plan_over_two_ranks(tmp_path):
     assert got[0] == got[1]  # every rank ends equal
     ref = reference_nc(features.astype(np.float64), labels, 5)
     assert_matches(got[0], ref, rtol=PLAN_RTOL, nc1_rtol=PLAN_RTOL)
+
+
+@pytest.mark.parametrize("mode", ["full", "projected"])
+def test_second_pass_rows_meet_the_classifier_they_came_with(mode):
+    """Pass 2 gathers batches into blocks; a batch given with a different classifier than the
+    rows waiting before it is compared with its own classifier, the waiting rows with theirs."""
+    rng = np.random.default_rng(5)
+    f, y = blobs(rng, 600, 16, 4, sep=1.0)
+    W1, W2 = rng.normal(size=(4, 16)), rng.normal(size=(4, 16))
+    acc = NCAccumulator(4, mode=mode)
+    acc.update(f, y)
+    halves = [(f[:300], y[:300], W1), (f[300:], y[300:], W2)]
+    for part, labels, W in halves:
+        for s in range(0, 300, 60):  # the same classifier (new arrays) with every batch
+            acc.update_second(part[s : s + 60], labels[s : s + 60], W.copy())
+    got = acc.compute()
+    means = np.stack([f[y == c].mean(0) for c in range(4)])
+    ncc = ((f[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    pred = np.concatenate([part @ W.T for part, _, W in halves]).argmax(1)
+    assert got["nc4"] == pytest.approx(np.mean(pred != ncc), abs=1e-12)
+    assert got["ncc_acc"] == pytest.approx(np.mean(ncc == y), abs=1e-12)

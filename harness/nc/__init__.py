@@ -17,16 +17,19 @@ Passes and memory:
   (measured nc1 within 10⁻⁷ of float64; ``scatter`` derives the worst-case bound) and float64
   below, or with ``precision="float64"``. Finalising costs one SVD of the K×D mean matrix, O(K²·D), and Σ_W·V,
   O(K·D²).
-- mode ``projected`` (default for D > 4096): Σ_B has rank ≤ K−1, so nc1 needs Σ_W only on the span
-  V (D×r, r ≤ K) of the centred class means. Pass 1 keeps n, μ, ss (O(K·D) memory); pass 2 projects
-  the centred samples on V and accumulates an r×r scatter (O(B·D·r) per batch, O(K·D + K²) memory).
+- mode ``projected`` (default for D > 4096, and for every layer of ``harness measure --ncc``,
+  which runs a second pass anyway): Σ_B has rank ≤ K−1, so nc1 needs Σ_W only on the span
+  V (D×r, r ≤ K) of the centred class means. Pass 1 keeps n, μ, ss (O(K·D)); pass 2 projects the
+  centred samples on V and accumulates an r×r scatter (O(B·D·r) per batch, O(K·D + K²) memory).
   Two passes because V is only known once the means are final.
 - NCC accuracy and nc4 compare each sample with the *final* class means, so they need a second
   pass in both modes (``update_second``); the in-memory ``nc_metrics`` runs both passes.
+- Both passes gather batches into blocks (``scatter.RowBlock``: 8 MiB of float64 rows, at least
+  256; the full-mode block above) so that their work runs once per block, not per small batch.
 Memory never depends on N. Accumulators merge (``merge``) and all-reduce across DDP ranks.
 
-Layout: ``inputs`` (checks), ``stats`` (float64 batch statistics of projected mode, pass 2),
-``scatter`` (full mode's buffered blocks and the float32 error bound), ``formulas`` (one small
+Layout: ``inputs`` (checks), ``stats`` (pass 2, block by block), ``scatter`` (the buffered
+blocks of both passes, full mode's products and the float32 error bound), ``formulas`` (one small
 function per metric), ``accumulator`` (``NCAccumulator``, which holds the state and calls them,
 and ``nc_metrics``).
 """

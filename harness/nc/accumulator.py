@@ -27,8 +27,8 @@ from harness.nc.formulas import (
     _within_projected,
 )
 from harness.nc.inputs import _as_classifier, _as_features, _as_labels, _as_rows
-from harness.nc.scatter import FAST_MIN_DIM, ScatterBlock
-from harness.nc.stats import _batch_stats, _plan_second_pass, _second_pass_batch, _SecondPassPlan
+from harness.nc.scatter import FAST_MIN_DIM, RowBlock, ScatterBlock
+from harness.nc.stats import _plan_second_pass, _second_pass_batch, _SecondPassPlan
 
 FULL_MAX_DIM = 4096
 CHUNK = 2048  # rows per step of the in-memory plan
@@ -63,6 +63,7 @@ class NCAccumulator:
         self.second_done = False
         self._plan: _SecondPassPlan | None = None
         self._block: ScatterBlock | None = None
+        self._rows2: RowBlock | None = None  # pass-2 rows waiting for their block
         if dim is not None:
             self._init(dim)
 
@@ -79,8 +80,8 @@ class NCAccumulator:
         self.W = torch.zeros(dim, dim, dtype=f64) if self.mode == "full" else None
         fast = self.precision == "float32" or (self.precision == "auto" and dim >= FAST_MIN_DIM)
         self.precision = "float32" if fast and self.W is not None else "float64"
-        if self.W is not None:  # full mode: buffered blocks, products in the chosen precision
-            self._block = ScatterBlock(K, dim, getattr(torch, self.precision))
+        # buffered blocks of shifted rows; in full mode also their products, in the chosen precision
+        self._block = ScatterBlock(K, dim, getattr(torch, self.precision), self.W is not None)
         # second pass: basis D×r of the between-class span, fixed when pass 2 starts
         self.Wp: torch.Tensor | None = None  # r×r projected scatter
         self.n2 = 0
@@ -140,9 +141,6 @@ class NCAccumulator:
             raise HarnessError(f"features: dimension {x.shape[1]} != accumulator's {self.dim}")
         if x.shape[0] == 0:
             return self
-        if self._block is None:  # projected mode: n, μ, ss only
-            self._merge_stats(*_batch_stats(x.to(torch.float64), y, self.num_classes), None)
-            return self
         step = self._block.rows
         for s in range(0, x.shape[0], step):
             if self._block.full(min(step, x.shape[0] - s)):
@@ -151,7 +149,7 @@ class NCAccumulator:
         return self
 
     def _flush(self) -> None:
-        """Merge the buffered block (full mode) into the float64 statistics."""
+        """Merge the buffered block into the float64 statistics."""
         stats = self._block.take(self.W) if self._block is not None else None
         if stats is not None:
             self._merge_stats(*stats, None)
@@ -224,16 +222,34 @@ class NCAccumulator:
     ) -> NCAccumulator:
         """Pass 2 over the same data: NCC accuracy, nc4 (with a classifier) and, in projected
         mode, Σ_W on the span of the class means. The classifier may also be given to compute()."""
-        x = _as_features(features, check=False)
+        x = _as_rows(features)
         y = _as_labels(labels, x.shape[0], self.num_classes)
         if self.dim is None or x.shape[1] != self.dim:
             raise HarnessError("update_second: run update() over the data first (same dimension)")
         if self._plan is None:
             self._start_second()
         if classifier is not None:
-            self._second_cls = _as_classifier(classifier, bias, self.num_classes, self.dim)
+            cls = _as_classifier(classifier, bias, self.num_classes, self.dim)
+            if self._second_cls is not None and not _same_classifier(cls, self._second_cls):
+                self._flush_second()  # buffered rows are compared with the classifier they came with
+            self._second_cls = cls
         if x.shape[0] == 0:
             return self
+        step = self._rows2.rows
+        for s in range(0, x.shape[0], step):
+            if self._rows2.full(min(step, x.shape[0] - s)):
+                self._flush_second()
+            self._rows2.add(x[s : s + step], y[s : s + step])
+        self.second_done = True
+        return self
+
+    def _flush_second(self) -> None:
+        """Run pass 2's block work (nearest class centre, classifier, projected scatter) on the
+        buffered rows."""
+        block = self._rows2.take_rows() if self._rows2 is not None else None
+        if block is None:
+            return
+        x, y = block
         projected = self.mode == "projected"
         correct, disagree, scatter = _second_pass_batch(
             x, y, self._plan, self._second_cls, projected
@@ -243,8 +259,6 @@ class NCAccumulator:
         if projected:
             self.Wp += scatter
         self.n2 += x.shape[0]
-        self.second_done = True
-        return self
 
     def _start_second(self) -> None:
         """Freeze what pass 2 needs from the final pass-1 means."""
@@ -252,11 +266,13 @@ class NCAccumulator:
         self._plan = _plan_second_pass(self.n, self.mu)
         r = self._plan.basis.shape[1]
         self.Wp = torch.zeros(r, r, dtype=torch.float64)
+        self._rows2 = RowBlock(self.dim, torch.float64)
 
     def all_reduce_second(self, group: Any = None) -> NCAccumulator:
         """Sum pass-2 counters (and the projected scatter) over torch.distributed ranks."""
         import torch.distributed as dist
 
+        self._flush_second()
         parts = [torch.tensor([self.n2, self.ncc_correct, self.ncc_disagree], dtype=torch.float64)]
         if self.Wp is not None and self.mode == "projected":
             parts.append(self.Wp.flatten())
@@ -271,6 +287,7 @@ class NCAccumulator:
 
     def _second_complete(self, N: float) -> bool:
         """Whether pass 2 saw every sample (its metrics are only valid then)."""
+        self._flush_second()
         return self.second_done and self.n2 == round(N)
 
     # -- metrics ----------------------------------------------------------------------------
@@ -319,6 +336,13 @@ class NCAccumulator:
             if self._second_cls is not None:
                 out["nc4"] = self.ncc_disagree / self.n2
         return out
+
+
+def _same_classifier(a: tuple[torch.Tensor, Any], b: tuple[torch.Tensor, Any]) -> bool:
+    """Whether two (weights, bias or None) classifiers are equal."""
+    if (a[1] is None) != (b[1] is None):
+        return False
+    return torch.equal(a[0], b[0]) and (a[1] is None or torch.equal(a[1], b[1]))
 
 
 def nc_metrics(

@@ -38,6 +38,7 @@ from harness.nc.inputs import _check_finite
 FAST_MIN_DIM = 128  # below, float64 products add little to the per-batch work: float64 plan
 BLOCK_ROWS = 8192  # rows per block (a large, efficient GEMM; its merge costs O(D²))
 BLOCK_BYTES = 1 << 26  # at most 64 MiB of buffered rows per accumulator
+ROWS_BYTES = 1 << 23  # 8 MiB for the blocks without a D×D product (projected pass 1, pass 2)
 PANELS = 8  # upper-triangle panels of X̃ᵀX̃: flops (1 + 1/PANELS)/2 of a full GEMM
 SUM_ROWS = 1024  # rows per float64 step of the block's class sums and sums of squares
 
@@ -60,23 +61,51 @@ def gram_into(W: torch.Tensor, x: torch.Tensor) -> None:
         W[b:, a:b] += p[:, b - a :].T
 
 
-class ScatterBlock:
-    """Buffered, shifted rows (float32 or float64) of one accumulator between two merges."""
+class RowBlock:
+    """Rows (and their labels) gathered across batches, so that the work per block (GEMMs,
+    reductions, merges) runs once per block of up to ``rows`` rows instead of once per batch.
+    ``take`` hands out views of the buffer, valid until the next ``add``."""
 
-    def __init__(self, num_classes: int, dim: int, dtype: torch.dtype):
-        self.num_classes = num_classes
+    def __init__(self, dim: int, dtype: torch.dtype, max_bytes: int = ROWS_BYTES):
         itemsize = torch.finfo(dtype).bits // 8
-        self.rows = max(256, min(BLOCK_ROWS, BLOCK_BYTES // (itemsize * dim)))
+        self.rows = max(256, min(BLOCK_ROWS, max_bytes // (itemsize * dim)))
         self.buf = torch.empty(self.rows, dim, dtype=dtype)
         self.labels = torch.empty(self.rows, dtype=torch.long)
         self.fill = 0
-        self.shift = torch.zeros(num_classes, dim, dtype=dtype)
-        self.shifted = torch.zeros(num_classes, dtype=torch.bool)
-        self.all_shifted = False
 
     def full(self, extra: int) -> bool:
         """Whether ``extra`` more rows would overflow the buffer."""
         return self.fill + extra > self.rows
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Append x (at most ``rows − fill`` rows, converted to the buffer's dtype); raises on
+        NaN/inf before anything is kept."""
+        rows = self.buf[self.fill : self.fill + x.shape[0]]
+        rows.copy_(x)
+        self._keep(rows, x, y)
+
+    def _keep(self, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        if not torch.isfinite(rows.sum()):  # NaN/inf in x (or float32 overflow: caught at merge)
+            _check_finite(x)
+        self.labels[self.fill : self.fill + x.shape[0]] = y
+        self.fill += x.shape[0]
+
+    def take_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Empty the buffer: (rows, labels) as views, or None when empty."""
+        k, self.fill = self.fill, 0
+        return (self.buf[:k], self.labels[:k]) if k else None
+
+
+class ScatterBlock(RowBlock):
+    """Buffered, shifted rows (float32 or float64) of one accumulator between two merges; with
+    ``scatter`` false (projected mode) only the class counts, means and sums of squares."""
+
+    def __init__(self, num_classes: int, dim: int, dtype: torch.dtype, scatter: bool = True):
+        super().__init__(dim, dtype, BLOCK_BYTES if scatter else ROWS_BYTES)
+        self.num_classes = num_classes
+        self.shift = torch.zeros(num_classes, dim, dtype=dtype)
+        self.shifted = torch.zeros(num_classes, dtype=torch.bool)
+        self.all_shifted = False
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Append x − s_y (x float32 or float64, at most ``rows − fill`` rows); raises on NaN/inf
@@ -88,10 +117,7 @@ class ScatterBlock:
             rows.copy_(x - g)  # centre in float64, round once
         else:
             torch.sub(x, g, out=rows)
-        if not torch.isfinite(rows.sum()):  # NaN/inf in x (or float32 overflow: caught at merge)
-            _check_finite(x)
-        self.labels[self.fill : self.fill + x.shape[0]] = y
-        self.fill += x.shape[0]
+        self._keep(rows, x, y)
 
     def _new_shifts(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Shift each class seen for the first time to its mean in this batch."""
@@ -109,13 +135,15 @@ class ScatterBlock:
         self.shifted |= new
         self.all_shifted = bool(self.shifted.all())
 
-    def take(self, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Empty the buffer: add the block's within-class scatter into float64 W and return its
-        (n, μ, ss) in float64 (None when empty)."""
-        k, self.fill = self.fill, 0
-        if not k:
+    def take(
+        self, W: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Empty the buffer: add the block's within-class scatter into float64 W (None: no
+        scatter, projected mode) and return its (n, μ, ss) in float64 (None when empty)."""
+        block = self.take_rows()
+        if block is None:
             return None
-        x, y = self.buf[:k], self.labels[:k]
+        x, y = block
         K = self.num_classes
         n = torch.bincount(y, minlength=K).to(f64)
         sums = torch.zeros(K, x.shape[1], dtype=f64)
@@ -125,12 +153,15 @@ class ScatterBlock:
             sums.index_add_(0, yc, xc)
             sq.index_add_(0, yc, torch.linalg.vector_norm(xc, dim=1).square())
         d = sums / n.clamp(min=1)[:, None]  # block class mean − shift
-        gram_into(W, x)
-        if not torch.isfinite(torch.diagonal(W)).all():  # finite rows, overflowing squares
-            hint = "; use NCAccumulator(..., precision='float64')" if x.dtype == f32 else ""
-            raise HarnessError(f"features: centred values too large for {x.dtype} products{hint}")
-        dn = d * n.sqrt()[:, None]
-        W.addmm_(dn.T, dn, alpha=-1)  # X̃ᵀX̃ − Σ_c n_c d_c d_cᵀ: scatter about the block means
+        if W is not None:
+            gram_into(W, x)
+            if not torch.isfinite(torch.diagonal(W)).all():  # finite rows, overflowing squares
+                hint = "; use NCAccumulator(..., precision='float64')" if x.dtype == f32 else ""
+                raise HarnessError(
+                    f"features: centred values too large for {x.dtype} products{hint}"
+                )
+            dn = d * n.sqrt()[:, None]
+            W.addmm_(dn.T, dn, alpha=-1)  # X̃ᵀX̃ − Σ_c n_c d_c d_cᵀ: scatter about block means
         ss = (sq - n * (d * d).sum(1)).clamp(min=0)
         return n, self.shift.to(f64) + d, ss
 

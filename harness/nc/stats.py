@@ -1,5 +1,5 @@
-"""Per-batch statistics in float64: pass 1 of projected mode (counts, means, sums of squares) and
-pass 2 (nearest class centre, projected scatter)."""
+"""Pass 2 in float64, block by block: nearest class centre, the classifier's agreement with it,
+and the projected scatter (pass 1 of both modes is ``scatter.ScatterBlock``)."""
 
 from __future__ import annotations
 
@@ -9,35 +9,6 @@ import torch
 
 from harness.nc.formulas import _centred_means, _spectrum
 from harness.nc.inputs import _check_finite
-
-ONEHOT_MAX_CLASSES = 64  # class sums by a one-hot GEMM up to this K (O(B·K·D)), index_add above
-
-
-def _class_sums(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-class counts, per-class sums of the rows of x), in x's dtype: a one-hot GEMM for few
-    classes (faster than index_add on CPU), index_add (O(B·D), no K factor) for many."""
-    if num_classes <= ONEHOT_MAX_CLASSES:
-        onehot = torch.nn.functional.one_hot(y, num_classes).to(x.dtype)
-        return onehot.sum(0), onehot.T @ x
-    n = torch.bincount(y, minlength=num_classes).to(x.dtype)
-    return n, torch.zeros(num_classes, x.shape[1], dtype=x.dtype).index_add_(0, y, x)
-
-
-def _batch_stats(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(n, μ, ss) of one float64 batch, every sample centred on its own class mean; raises on
-    NaN/inf features."""
-    n_b, sums = _class_sums(x, y, num_classes)
-    if not torch.isfinite(sums).all():  # any NaN/inf in x reaches its class sum
-        _check_finite(x)
-    mu_b = sums / n_b.clamp(min=1)[:, None]
-    xc = x - mu_b[y]
-    sq = torch.linalg.vector_norm(xc, dim=1).square()
-    return n_b, mu_b, torch.zeros(num_classes, dtype=x.dtype).index_add_(0, y, sq)
-
 
 # ---------------------------------------------------------------------------------------------
 # Pass 2: nearest class centre and, in projected mode, Σ_W on the span of the class means
