@@ -28,7 +28,12 @@ from harness.nc.formulas import (
 )
 from harness.nc.inputs import _as_classifier, _as_features, _as_labels, _as_rows
 from harness.nc.scatter import FAST_MIN_DIM, RowBlock, ScatterBlock
-from harness.nc.stats import _plan_second_pass, _second_pass_batch, _SecondPassPlan
+from harness.nc.stats import (
+    _plan_second_pass,
+    _second_pass_columns,
+    _SecondPassPlan,
+    _tally_second_pass,
+)
 
 FULL_MAX_DIM = 4096
 CHUNK = 2048  # rows per step of the in-memory plan
@@ -63,7 +68,8 @@ class NCAccumulator:
         self.second_done = False
         self._plan: _SecondPassPlan | None = None
         self._block: ScatterBlock | None = None
-        self._rows2: RowBlock | None = None  # pass-2 rows waiting for their block
+        self._rows2: RowBlock | None = None  # pass-2 columns waiting for their block
+        self._columns: torch.Tensor | None = None  # what pass 2 multiplies each batch with
         if dim is not None:
             self._init(dim)
 
@@ -230,43 +236,48 @@ class NCAccumulator:
             self._start_second()
         if classifier is not None:
             cls = _as_classifier(classifier, bias, self.num_classes, self.dim)
-            if self._second_cls is not None and not _same_classifier(cls, self._second_cls):
-                self._flush_second()  # buffered rows are compared with the classifier they came with
-            self._second_cls = cls
+            if self._second_cls is None or not _same_classifier(cls, self._second_cls):
+                self._set_second_classifier(cls)
         if x.shape[0] == 0:
             return self
+        G = _second_pass_columns(x, self._columns)
         step = self._rows2.rows
         for s in range(0, x.shape[0], step):
             if self._rows2.full(min(step, x.shape[0] - s)):
                 self._flush_second()
-            self._rows2.add(x[s : s + step], y[s : s + step])
+            self._rows2.add(G[s : s + step], y[s : s + step])
         self.second_done = True
         return self
 
+    def _set_second_classifier(self, cls: tuple[torch.Tensor, torch.Tensor | None] | None) -> None:
+        """Tally the rows waiting with the classifier they came with, then take ``cls``: the
+        columns each batch is multiplied with, and a block of that width."""
+        self._flush_second()
+        self._second_cls = cls
+        self._columns = self._plan.columns(cls)
+        self._rows2 = RowBlock(self._columns.shape[1], torch.float64)
+
     def _flush_second(self) -> None:
-        """Run pass 2's block work (nearest class centre, classifier, projected scatter) on the
-        buffered rows."""
+        """Tally the buffered pass-2 columns (nearest class centre, classifier, projected
+        scatter)."""
         block = self._rows2.take_rows() if self._rows2 is not None else None
         if block is None:
             return
-        x, y = block
-        projected = self.mode == "projected"
-        correct, disagree, scatter = _second_pass_batch(
-            x, y, self._plan, self._second_cls, projected
-        )
+        G, y = block
+        correct, disagree, scatter = _tally_second_pass(G, y, self._plan, self._second_cls)
         self.ncc_correct += correct
         self.ncc_disagree += disagree
-        if projected:
+        if scatter is not None:
             self.Wp += scatter
-        self.n2 += x.shape[0]
+        self.n2 += G.shape[0]
 
     def _start_second(self) -> None:
         """Freeze what pass 2 needs from the final pass-1 means."""
         self._flush()
-        self._plan = _plan_second_pass(self.n, self.mu)
+        self._plan = _plan_second_pass(self.n, self.mu, self.mode == "projected")
         r = self._plan.basis.shape[1]
         self.Wp = torch.zeros(r, r, dtype=torch.float64)
-        self._rows2 = RowBlock(self.dim, torch.float64)
+        self._set_second_classifier(None)
 
     def all_reduce_second(self, group: Any = None) -> NCAccumulator:
         """Sum pass-2 counters (and the projected scatter) over torch.distributed ranks."""

@@ -66,9 +66,10 @@ class RowBlock:
     reductions, merges) runs once per block of up to ``rows`` rows instead of once per batch.
     ``take`` hands out views of the buffer, valid until the next ``add``."""
 
-    def __init__(self, dim: int, dtype: torch.dtype, max_bytes: int = ROWS_BYTES):
+    def __init__(self, dim: int, dtype: torch.dtype, max_bytes: int | None = None):
         itemsize = torch.finfo(dtype).bits // 8
-        self.rows = max(256, min(BLOCK_ROWS, max_bytes // (itemsize * dim)))
+        cap = ROWS_BYTES if max_bytes is None else max_bytes
+        self.rows = max(256, min(BLOCK_ROWS, cap // (itemsize * dim)))
         self.buf = torch.empty(self.rows, dim, dtype=dtype)
         self.labels = torch.empty(self.rows, dtype=torch.long)
         self.fill = 0
@@ -78,17 +79,14 @@ class RowBlock:
         return self.fill + extra > self.rows
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Append x (at most ``rows − fill`` rows, converted to the buffer's dtype); raises on
-        NaN/inf before anything is kept."""
-        rows = self.buf[self.fill : self.fill + x.shape[0]]
-        rows.copy_(x)
-        self._keep(rows, x, y)
+        """Append x (at most ``rows − fill`` rows, converted to the buffer's dtype)."""
+        self.buf[self.fill : self.fill + x.shape[0]].copy_(x)
+        self._keep(y)
 
-    def _keep(self, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
-        if not torch.isfinite(rows.sum()):  # NaN/inf in x (or float32 overflow: caught at merge)
-            _check_finite(x)
-        self.labels[self.fill : self.fill + x.shape[0]] = y
-        self.fill += x.shape[0]
+    def _keep(self, y: torch.Tensor) -> None:
+        """Record the labels of the rows just written and count them in."""
+        self.labels[self.fill : self.fill + y.shape[0]] = y
+        self.fill += y.shape[0]
 
     def take_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Empty the buffer: (rows, labels) as views, or None when empty."""
@@ -113,11 +111,15 @@ class ScatterBlock(RowBlock):
         self._new_shifts(x, y)
         g = self.shift.index_select(0, y)
         rows = self.buf[self.fill : self.fill + x.shape[0]]
-        if x.dtype == f64 and rows.dtype == f32:
+        if x.dtype == rows.dtype:
+            torch.sub(x, g, out=rows)
+        elif x.dtype == f64:
             rows.copy_(x - g)  # centre in float64, round once
         else:
-            torch.sub(x, g, out=rows)
-        self._keep(rows, x, y)
+            rows.copy_(x).sub_(g)  # widen exactly, then centre in float64 (no temporary)
+        if not torch.isfinite(rows.sum()):  # NaN/inf in x (or float32 overflow: caught at merge)
+            _check_finite(x)
+        self._keep(y)
 
     def _new_shifts(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Shift each class seen for the first time to its mean in this batch."""
