@@ -223,12 +223,19 @@ def _write_report(spec: Any, root: Path, out: Path, found: list[Finding]) -> dic
 
 
 def _store_fingerprint(root: Path, spec: Any) -> str:
-    """What the report depends on: the set of committed parts, the report settings and each
-    finding's primary test."""
+    """What the report depends on: the set of committed parts, the report settings, each
+    finding's primary test, and the code that writes it (the saved queries and the analysis
+    modules: a newer harness rewrites an older report)."""
     import hashlib
     import json
 
+    from harness import analysis
+    from harness.analysis.views import ANALYSIS_DIR
+
+    code = sorted([*ANALYSIS_DIR.glob("*.sql"), *Path(analysis.__file__).parent.glob("*.py")])
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in code)).hexdigest()
     names = sorted(str(p.relative_to(root)) for t in store.TABLES for p in store.parts(t, root))
+    names.append(digest)
     names.append(spec.report.model_dump_json())
     tests = {k: t.model_dump(mode="json") for k, t in spec.primary_tests().items()}
     names.append(json.dumps(tests, sort_keys=True))

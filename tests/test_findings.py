@@ -312,6 +312,35 @@ def test_report_stage_prints_the_primary_verdicts_and_tracks_the_tests(tmp_path)
     assert "up to date" not in said[0]
 
 
+def test_report_stage_rewrites_a_report_of_older_analysis_code(tmp_path, monkeypatch):
+    """The same store, another version of the saved queries: the report is written again."""
+    import shutil
+
+    from harness import study
+    from harness.analysis import views
+
+    x, y = correlated(10, 0.8, seed=0)
+    a = study_rows("a", x, y)
+    root = write(tmp_path / "r", a)
+    spec = _Spec(tmp_path / "rep", [r["run_id"] for r in a["pretrain"]])
+    said: list[str] = []
+    study.stage_report(spec, root, said.append)
+    sql = tmp_path / "analysis"
+    shutil.copytree(views.ANALYSIS_DIR, sql)
+    monkeypatch.setattr(views, "ANALYSIS_DIR", sql)
+    said.clear()
+    study.stage_report(spec, root, said.append)
+    assert "up to date" in said[0]  # an unchanged copy: the same fingerprint
+    with open(sql / "methods_vs_budget.sql", "a") as f:
+        f.write("-- a newer version\n")
+    said.clear()
+    study.stage_report(spec, root, said.append)
+    assert (
+        "up to date" not in said[0]
+        and "methods_vs_budget" in (tmp_path / "rep" / "report.md").read_text()
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # `harness report --study` and `harness correlate --study` on a shared root
 

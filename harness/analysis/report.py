@@ -230,16 +230,16 @@ def _layer_section(ctx: ReportContext, name: str) -> Section:
 def auto_gap_line(recs: Sequence[Mapping[str, Any]]) -> str:
     """One line on ``layer: auto`` from ``analysis/layer_auto_gap.sql``'s records: the mean gap
     to the best block the study tried, and how often the pick was that block."""
-    head = "`layer: auto`"
+    head = "layer: auto"  # plain text: items are not Markdown in the HTML page
     ok = [r for r in recs if not _missing(r["gap_pts"])]
     if not ok:
-        return f"{head}: no run and dataset where SCL ran at the picked block and another."
+        return f"{head} — no run and dataset where SCL ran at the picked block and another."
     gap = sum(r["gap_pts"] for r in ok) / len(ok)
     hits = sum(r["picked"] == r["best"] for r in ok)
     blocks = sorted({r["blocks"] for r in ok})
     span = f"{blocks[0]}" if len(blocks) == 1 else f"{blocks[0]}–{blocks[-1]}"
     return (
-        f"{head}: over {len(ok)} (run, dataset, budget) groups where SCL ran at {span} blocks, "
+        f"{head} — over {len(ok)} (run, dataset, budget) groups where SCL ran at {span} blocks, "
         f"the picked block's test accuracy is {gap:.1f} points below the best block tried "
         f"(an oracle, chosen by test accuracy); the pick was that block in {hits} of {len(ok)}. "
         "benchmarks/bench_layer_auto.py measures the gap against every block."
