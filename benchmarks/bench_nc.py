@@ -148,8 +148,13 @@ def syrk_floor(N: int, D: int, K: int) -> float:
         "    t = time.perf_counter(); X.T @ X; best = min(best, time.perf_counter() - t)\n"
         "print(best)\n"
     )
+    return float(fresh_process(code))
+
+
+def fresh_process(code: str) -> str:
+    """What ``code`` prints when run in a fresh Python process (stripped)."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
+    return out.stdout.strip()
 
 
 def bench_streaming(X: np.ndarray, y: np.ndarray, K: int, ref: dict, batch: int = 256) -> None:
@@ -270,8 +275,7 @@ def child_peak_rss(N: int, D: int, K: int) -> int:
         "acc.compute()\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip())
+    return int(fresh_process(code))
 
 
 def bench_memory(D: int, K: int) -> None:

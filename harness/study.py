@@ -232,8 +232,11 @@ def _store_fingerprint(root: Path, spec: Any) -> str:
     from harness import analysis
     from harness.analysis.views import ANALYSIS_DIR
 
-    code = sorted([*ANALYSIS_DIR.glob("*.sql"), *Path(analysis.__file__).parent.glob("*.py")])
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in code)).hexdigest()
+    code = [
+        *sorted(ANALYSIS_DIR.glob("*.sql")),
+        *sorted(Path(analysis.__file__).parent.glob("*.py")),
+    ]  # the saved queries, then the modules, each by name: where they live does not count
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in code)).hexdigest()
     names = sorted(str(p.relative_to(root)) for t in store.TABLES for p in store.parts(t, root))
     names.append(digest)
     names.append(spec.report.model_dump_json())
