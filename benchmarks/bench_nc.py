@@ -133,7 +133,7 @@ def two_pass_float32(batches: list, K: int) -> float:
 
 
 def syrk_floor(N: int, D: int, K: int) -> float:
-    """Seconds (best of 3, fresh process) of the least an exact one-pass float32 plan can do
+    """Seconds (best of 4, the first also a warm-up; fresh process) of the least an exact one-pass float32 plan can do
     on ``features(N, D, K)``: one syrk (N·D² flops) of all the features at once, in memory, no
     centring, no merges. numpy calls BLAS syrk for ``a.T @ a``; a fresh process because
     numpy's BLAS threads keep spinning after a call and slow the torch work timed next to them

@@ -64,7 +64,7 @@ def gram_into(W: torch.Tensor, x: torch.Tensor) -> None:
 class RowBlock:
     """Rows (and their labels) gathered across batches, so that the work per block (GEMMs,
     reductions, merges) runs once per block of up to ``rows`` rows instead of once per batch.
-    ``take`` hands out views of the buffer, valid until the next ``add``."""
+    ``take_rows`` hands out views of the buffer, valid until the next ``add``."""
 
     def __init__(self, dim: int, dtype: torch.dtype, max_bytes: int | None = None):
         itemsize = torch.finfo(dtype).bits // 8
