@@ -7,7 +7,9 @@
 --   (`nc1_svd`, `nc1_quotient`); repeated measurements of the same layer are averaged.
 -- * An NC row is on the *source* side when its dataset is the run's pre-training dataset, else on
 --   the *downstream* side. A row written by `harness measure --checkpoint` carries its own run id;
---   it is attributed to the pre-training run whose checkpoint it measured.
+--   it is attributed to the pre-training run its checkpoint records (source_run_id), so a store
+--   copied or moved elsewhere keeps the attribution; rows that recorded none (written before the
+--   column) fall back to the checkpoint path.
 -- * NC rows written by fine-tuning trials (run_id = trial id: the fine-tuned features) are kept
 --   apart: nc_named holds the *pre-trained* features, nc_trial the fine-tuned ones of each trial.
 -- * The penultimate layer is the largest layer_index measured for a run (or trial), dataset and
@@ -34,16 +36,18 @@ run_arch AS (  -- the architecture of every run id, from the first table that na
     GROUP BY run_id
 ),
 nc_named AS (  -- NC values under one name per metric/variant, with their side
-    SELECT coalesce(pr.run_id, pc.run_id, n.run_id) AS run_id, n.dataset, n.split, n.layer,
-           n.layer_index, n.depth_frac,
+    SELECT coalesce(pr.run_id, ps.run_id, pc.run_id, n.run_id) AS run_id, n.dataset, n.split,
+           n.layer, n.layer_index, n.depth_frac,
            CASE WHEN n.variant IS NULL OR n.variant = 'pinv' THEN n.metric
                 ELSE n.metric || '_' || n.variant END AS metric,
-           CASE WHEN n.dataset = coalesce(pr.dataset, pc.dataset) THEN 'source'
+           CASE WHEN n.dataset = coalesce(pr.dataset, ps.dataset, pc.dataset) THEN 'source'
                 ELSE 'down' END AS side,
            avg(n.value) AS value
     FROM nc n
     LEFT JOIN pretrain_one pr ON pr.run_id = n.run_id
-    LEFT JOIN pretrain_one pc ON pr.run_id IS NULL AND pc.checkpoint = n.checkpoint
+    LEFT JOIN pretrain_one ps ON pr.run_id IS NULL AND ps.run_id = n.source_run_id
+    LEFT JOIN pretrain_one pc
+           ON pr.run_id IS NULL AND n.source_run_id IS NULL AND pc.checkpoint = n.checkpoint
     -- pre-trained features only: rows under a fine-tuning trial id describe fine-tuned features
     WHERE n.run_id NOT IN (SELECT trial_id FROM finetune)
     GROUP BY ALL

@@ -55,6 +55,7 @@ def pretrain(
     (a one-axis grid over ``arch``), or, with ``study`` (a study spec's path), as that study
     pre-trains its plain cross-entropy run of each architecture; returns
     ([{checkpoint, arch, run_id}], seconds)."""
+    from harness import store
     from harness.config import SubmitSpec
     from harness.submit import submit
 
@@ -71,6 +72,8 @@ def pretrain(
     submit(spec, "local", root=root, echo=lambda line: echo(f"  {line}"))
     took = time.perf_counter() - t0
     found = rows("SELECT checkpoint, arch, run_id FROM pretrain ORDER BY arch", root, "pretrain")
+    for r in found:  # the store records checkpoints relative to its root
+        r["checkpoint"] = str(store.resolve_path(r["checkpoint"], root))
     missing = set(archs) - {r["arch"] for r in found}
     if missing:
         raise SystemExit(f"pre-training recorded no checkpoint for {', '.join(sorted(missing))}")

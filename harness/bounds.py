@@ -121,20 +121,25 @@ OPTIONS: dict[str, dict[str, Range]] = {
 }
 
 
-def problem(name: str, value: Any) -> tuple[tuple[str, ...], str] | None:
-    """``(key path below name, message)`` when ``value`` is out of the range of field ``name``
-    (or, for an option mapping, one of its options is), else None. Names without a range pass."""
+def problems(name: str, value: Any) -> list[tuple[tuple[str, ...], str]]:
+    """``(key path below name, message)`` for ``value`` out of the range of field ``name``, or
+    for an option mapping, for each of its options that is; [] when in range. Names without a
+    range pass."""
     if name in OPTIONS:
         if not isinstance(value, Mapping):
-            return None  # the field's type check says what is wrong
-        for key, v in value.items():
-            rng = OPTIONS[name].get(key)
-            if rng is not None and (message := rng.problem(v)) is not None:
-                return (key,), message
-        return None
+            return []  # the field's type check says what is wrong
+        found = [
+            (key, OPTIONS[name][key].problem(v)) for key, v in value.items() if key in OPTIONS[name]
+        ]
+        return [((key,), message) for key, message in found if message is not None]
     rng = FIELDS.get(name)
     message = rng.problem(value) if rng is not None else None
-    return None if message is None else ((), message)
+    return [] if message is None else [((), message)]
+
+
+def problem(name: str, value: Any) -> tuple[tuple[str, ...], str] | None:
+    """The first of ``problems(name, value)``, or None."""
+    return next(iter(problems(name, value)), None)
 
 
 def distribution_problem(name: str, kind: str, arg: Any) -> str | None:

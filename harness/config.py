@@ -2,7 +2,9 @@
 
 Every problem with a spec (missing file, YAML syntax, unknown key, bad value, bad override)
 surfaces as ONE ``HarnessError`` line that says where (file and dotted key path), what is wrong
-and what would be valid, e.g. ``spec.yaml: base.loss: unknown loss 'foo'; valid: ce, mse``.
+and what would be valid, e.g. ``spec.yaml: base.loss: unknown loss 'foo'; valid: ce, mse``; a
+spec with several problems lists them all on that line (``harness.specerrors``), and a spec of
+another kind (a sweep spec given to ``harness submit``) names the command that reads it.
 
 Registries (model presets, datasets, losses, timm) are imported lazily inside the validators so
 that importing this module stays cheap and timm is only loaded for a non-preset architecture.
@@ -10,108 +12,30 @@ that importing this module stays cheap and timm is only loaded for a non-preset 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import shlex
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Self, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Self
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
 from harness import bounds
 from harness.errors import HarnessError
-
-Loc = tuple[str | int, ...]
-
-
-# --------------------------------------------------------------------------------------------
-# Error conversion: pydantic errors -> one line
-
-
-class _SpecError(ValueError):
-    """A validation problem found below a field (e.g. inside ``grid``): carries its own key path,
-    which pydantic would otherwise lose, and how many further problems were left unreported."""
-
-    def __init__(self, loc: Loc, message: str, more: int = 0) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
-        self.more = more
-
-
-def _dotted(loc: Loc) -> str:
-    """``('include', 0, 'loss')`` -> ``include[0].loss``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _model_at(model: type[BaseModel] | None, loc: Loc) -> type[BaseModel] | None:
-    """The pydantic model class found by walking ``loc`` down from ``model`` (None if the path
-    leaves the models, e.g. into a plain dict)."""
-    for part in loc:
-        field = model.model_fields.get(part) if model and isinstance(part, str) else None
-        if field is None:
-            return None
-        model = _find_model(field.annotation)
-    return model
-
-
-def _find_model(annotation: Any) -> type[BaseModel] | None:
-    """The model class in ``annotation`` (itself, or inside ``X | None``)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (Union, UnionType):
-        return next(filter(None, map(_find_model, get_args(annotation))), None)
-    return None
-
-
-def _describe(err: ErrorDetails, model: type[BaseModel]) -> tuple[Loc, str, int]:
-    """``(key path, message, extra problems)`` for one pydantic error, with the valid choices
-    spelled out where pydantic leaves them implicit (unknown keys) and the offending input."""
-    loc: Loc = tuple(err["loc"])
-    kind = err["type"]
-    inner = err.get("ctx", {}).get("error")
-    if kind == "value_error" and isinstance(inner, _SpecError):
-        return loc + inner.loc, inner.message, inner.more
-    if kind in ("value_error", "assertion_error") and inner is not None:
-        return loc, str(inner), 0  # our own validators' messages already name value and choices
-    if kind == "extra_forbidden":
-        owner = _model_at(model, loc[:-1])
-        valid = f"; valid keys: {', '.join(owner.model_fields)}" if owner else ""
-        return loc, f"unknown key{valid}", 0
-    if kind == "missing":
-        return loc, "required key is missing", 0
-    value = err.get("input")
-    shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
-    return loc, f"{err['msg']}{shown}", 0
-
-
-def _one_line(where: str, loc: Loc, message: str, more: int = 0) -> str:
-    """``where: dotted.path: message (+N more)`` with any newline flattened."""
-    parts = [where, _dotted(loc), message]
-    line = ": ".join(p for p in parts if p) + (f" (+{more} more)" if more else "")
-    return " ".join(line.splitlines())
-
-
-def _harness_error(where: str, exc: ValidationError, model: type[BaseModel]) -> HarnessError:
-    """The first problem of ``exc`` as one HarnessError line; the rest are counted."""
-    errors = exc.errors()
-    loc, message, more = _describe(errors[0], model)
-    return HarnessError(_one_line(where, loc, message, more + len(errors) - 1), code=2)
+from harness.specerrors import Loc, Problem, SpecError, check, dotted, harness_error, problems_of
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -124,17 +48,42 @@ def _choices(names: Iterable[str]) -> str:
 
 class _Spec(BaseModel):
     """Common base: unknown keys are errors, every numeric field (and loss or dataset option)
-    lies in its range in ``harness.bounds``, and ``from_dict`` gives one-line errors."""
+    lies in its range in ``harness.bounds``, and ``from_dict`` gives one-line errors that list
+    every problem.
+
+    A model whose whole-spec checks (``mode="after"`` validators) read only the fields in
+    ``_CHECKS_READ`` has them run even when another field is wrong: the spec is validated a
+    second time without the wrong fields (at their defaults), so a bad ``resources.nodes`` does
+    not hide a typo'd dataset in ``base``. A wrong field they read, or a wrong required one,
+    leaves them unrun (their verdict would be about a value the user did not write)."""
 
     model_config = ConfigDict(extra="forbid")
+    _CHECKS_READ: ClassVar[frozenset[str]] = frozenset()
 
     @field_validator("*")
     @classmethod
     def _in_range(cls, v: Any, info: ValidationInfo) -> Any:
-        bad = None if v is None else bounds.problem(info.field_name or "", v)
-        if bad is not None:
-            raise _SpecError(*bad)
+        if v is not None:
+            check(bounds.problems(info.field_name or "", v))
         return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """Every problem of ``data`` as one ``SpecError``, the whole-spec checks' included
+        where they can run (see the class docstring)."""
+        try:
+            return handler(data)
+        except ValidationError as e:
+            problems = problems_of(e, cls)
+        wrong = {loc[0] for loc, _ in problems if loc}
+        read = cls._CHECKS_READ
+        if read and isinstance(data, Mapping) and wrong & set(data) and not wrong & read:
+            try:  # not ``handler``: a subclass's ``after`` validators run outside this one
+                cls.model_validate({k: v for k, v in data.items() if k not in wrong})
+            except ValidationError as e:
+                problems += [p for p in problems_of(e, cls) if p[0] and p[0][0] not in wrong]
+        raise SpecError(problems)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> Self:
@@ -143,7 +92,7 @@ class _Spec(BaseModel):
         try:
             return cls.model_validate(d)
         except ValidationError as e:
-            raise _harness_error(where, e, cls) from None
+            raise harness_error(where, e, cls) from None
 
 
 # PretrainConfig fields added after run ids were first handed out, with their defaults
@@ -211,21 +160,20 @@ class PretrainConfig(_Spec):
             raise ValueError(f"unknown loss {v!r}; valid: {_choices(LOSS_OPTIONS)}")
         return v
 
-    @model_validator(mode="after")
-    def _known_loss_kwargs(self) -> Self:
+    @field_validator("loss_kwargs")
+    @classmethod
+    def _known_loss_kwargs(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
         """Option names must be ones the chosen loss accepts (a typo would otherwise only fail
-        when the job builds the loss, long after submission)."""
+        when the job builds the loss, long after submission); unchecked when the loss itself is
+        wrong."""
         from harness.catalog import LOSS_OPTIONS
 
-        accepted = LOSS_OPTIONS.get(self.loss)
-        unknown = [k for k in self.loss_kwargs if accepted is not None and k not in accepted]
-        if unknown:
-            valid = f"valid: {_choices(accepted)}" if accepted else "it takes no options"
-            raise _SpecError(
-                ("loss_kwargs", unknown[0]),
-                f"loss {self.loss!r} has no option {unknown[0]!r}; {valid}",
-            )
-        return self
+        loss = info.data.get("loss")
+        accepted = LOSS_OPTIONS.get(loss) if isinstance(loss, str) else None
+        unknown = [k for k in v if accepted is not None and k not in accepted]
+        valid = f"valid: {_choices(accepted or ())}" if accepted else "it takes no options"
+        check(((k,), f"loss {loss!r} has no option {k!r}; {valid}") for k in unknown)
+        return v
 
     def identity(self) -> dict[str, Any]:
         """The config as hashed into ``run_id`` and recorded by the job: every field, except
@@ -279,6 +227,7 @@ class SubmitSpec(_Spec):
     base: dict[str, Any] = {}
     grid: dict[str, Any] = {}
     include: list[dict[str, Any]] = []
+    _CHECKS_READ = frozenset({"base", "grid", "include"})
 
     @model_validator(mode="after")
     def _valid_runs(self) -> Self:
@@ -286,14 +235,16 @@ class SubmitSpec(_Spec):
         return self
 
     def _grid_axes(self) -> list[list[Any]]:
-        """The grid's value lists in key order; a key that is not a field, or a value that is
-        not a non-empty list, is an error at ``grid.<key>``."""
+        """The grid's value lists in key order; each key that is not a field, or whose value is
+        not a non-empty list, is a problem at ``grid.<key>``."""
         fields = PretrainConfig.model_fields
+        problems: list[Problem] = []
         for key, values in self.grid.items():
             if key not in fields:
-                raise _SpecError(("grid", key), f"not a run field; valid: {', '.join(fields)}")
-            if not isinstance(values, list) or not values:
-                raise _SpecError(("grid", key), f"must be a non-empty list (got {values!r})")
+                problems.append((("grid", key), f"not a run field; valid: {', '.join(fields)}"))
+            elif not isinstance(values, list) or not values:
+                problems.append((("grid", key), f"must be a non-empty list (got {values!r})"))
+        check(problems)
         return list(self.grid.values())
 
     def _variants(self) -> Iterable[tuple[dict[str, Any], dict[str, Loc]]]:
@@ -310,16 +261,20 @@ class SubmitSpec(_Spec):
 
     def runs(self) -> list[PretrainConfig]:
         """Grid product over ``base`` (keys in spec order, values in list order), then the
-        ``include`` runs; each validated, duplicates (same run_id) dropped keeping the first."""
+        ``include`` runs; each validated (the problems of every run reported together, each
+        at the key it came from), duplicates (same run_id) dropped keeping the first."""
         out: dict[str, PretrainConfig] = {}
+        problems: list[Problem] = []
         for values, origins in self._variants():
             try:
                 cfg = PretrainConfig.model_validate({**self.base, **values})
             except ValidationError as e:
-                loc, message, more = _describe(e.errors()[0], PretrainConfig)
-                where = origins.get(loc[0], ("base", loc[0])) if loc else ("base",)
-                raise _SpecError(where + loc[1:], message, more + e.error_count() - 1) from None
+                for loc, message in problems_of(e, PretrainConfig):
+                    where = origins.get(loc[0], ("base", loc[0])) if loc else ("base",)
+                    problems.append((where + loc[1:], message))
+                continue
             out.setdefault(cfg.run_id(), cfg)
+        check(problems)
         return list(out.values())
 
 
@@ -395,14 +350,59 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+@functools.cache
+def spec_kinds() -> dict[str, tuple[type[_Spec], str]]:
+    """Each kind of spec file: its model and the subcommand that reads it."""
+    from harness.studyspec import StudySpec  # it imports this module: not at import time
+
+    return {
+        "pre-training": (SubmitSpec, "submit"),
+        "sweep": (SweepSpec, "sweep"),
+        "study": (StudySpec, "run"),
+    }
+
+
+def _other_kind(data: Mapping[str, Any], model: type[_Spec], where: str) -> str | None:
+    """When the top-level keys of ``data`` say it is a spec of another kind than ``model``'s,
+    one line naming its kind and the command that reads it; else None (validate as asked).
+
+    Another kind is recognised when its keys are all of that kind's, its required ones
+    included, or when the file has a key only that kind has and none only ``model`` has."""
+    kinds = spec_kinds()
+    names = {m: name for name, (m, _) in kinds.items()}
+    keys = set(data)
+    if model not in names or keys <= set(model.model_fields):
+        return None
+
+    def own(m: type[_Spec]) -> set[str]:  # the keys no other kind has
+        return set(m.model_fields).difference(*(o.model_fields for o in names if o is not m))
+
+    def fits(m: type[_Spec]) -> bool:
+        required = {n for n, f in m.model_fields.items() if f.is_required()}
+        return required <= keys <= set(m.model_fields)
+
+    best = max((m for m in names if m is not model), key=lambda m: (fits(m), len(keys & own(m))))
+    if not fits(best) and not (keys & own(best) and not keys & own(model)):
+        return None
+    command = kinds[names[best]][1]
+    return (
+        f"{where}: this is a {names[best]} spec, not a {names[model]} spec: "
+        f"use `harness {command} {shlex.quote(where)}`"
+    )
+
+
 def load_spec(
     path: str | os.PathLike[str], overrides: Sequence[str] = (), kind: type[_Spec] | None = None
 ) -> Any:
     """Read a spec (a ``SubmitSpec`` unless ``kind`` says otherwise), apply ``overrides`` and
-    validate it (all runs included)."""
+    validate it (all runs included). A file of another kind of spec (a sweep spec given to
+    ``harness submit``) is one line saying so and naming the command that reads it."""
     where = str(path)
     model = kind or SubmitSpec
-    return model.from_dict(apply_overrides(load_yaml(path), overrides, where), where)
+    data = load_yaml(path)
+    if (other := _other_kind(data, model, where)) is not None:
+        raise HarnessError(other, code=2)
+    return model.from_dict(apply_overrides(data, overrides, where), where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,33 +449,64 @@ class SweepSpec(_Spec):
     # retries of a trial whose process or node died (signal, OOM kill, node failure, lost Ray
     # worker); a deterministic failure (exception, NaN loss, invalid config) is recorded once
     max_retries: int = 2
+    _CHECKS_READ = frozenset({"base", "grid", "include", "search", "num_samples", "search_seed"})
 
     @model_validator(mode="after")
     def _valid_grid(self) -> Self:
+        """Every problem of the trial fields at once: the grid's shape, names that are not trial
+        fields, values out of range, and (when the grid is well formed, so its points can be
+        drawn) each point's method and dataset."""
+        shape = list(self._grid_problems())
+        malformed = {loc[1] for loc, _ in shape}
+        check(
+            [
+                *shape,
+                *self._field_problems(),
+                *self._value_problems(skip=malformed),
+                *([] if shape else self._point_problems()),
+            ]
+        )
+        return self
+
+    def _grid_problems(self) -> Iterator[Problem]:
+        """A grid value that is neither a non-empty list nor (with ``search: random``) one
+        distribution of a known kind with valid arguments."""
         for key, values in self.grid.items():
             if isinstance(values, dict):
                 if self.search != "random":
-                    raise _SpecError(("grid", key), "a distribution needs search: random")
-                if len(values) != 1 or next(iter(values)) not in DISTRIBUTIONS:
-                    raise _SpecError(
-                        ("grid", key), f"distribution must be one of {', '.join(DISTRIBUTIONS)}"
-                    )
-                ((kind, arg),) = values.items()
-                if (bad := bounds.distribution_problem(key, kind, arg)) is not None:
-                    raise _SpecError(("grid", key, kind), bad)
+                    yield ("grid", key), "a distribution needs search: random"
+                elif len(values) != 1 or next(iter(values)) not in DISTRIBUTIONS:
+                    yield ("grid", key), f"distribution must be one of {', '.join(DISTRIBUTIONS)}"
+                else:
+                    ((kind, arg),) = values.items()
+                    if (bad := bounds.distribution_problem(key, kind, arg)) is not None:
+                        yield ("grid", key, kind), bad
             elif not isinstance(values, list) or not values:
-                raise _SpecError(("grid", key), f"must be a non-empty list (got {values!r})")
-        self._check_points()
-        self._check_values()
-        return self
+                yield ("grid", key), f"must be a non-empty list (got {values!r})"
 
-    def _check_values(self) -> None:
+    def _field_problems(self) -> Iterator[Problem]:
+        """A key of base, the grid or an include entry that is not a trial field."""
+        from dataclasses import fields as dc_fields
+
+        from harness import finetune
+
+        names = {f.name for f in dc_fields(finetune.TrialConfig)} - {"checkpoint"}
+        keys: list[Loc] = [("base", k) for k in self.base] + [("grid", k) for k in self.grid]
+        keys += [("include", n, k) for n, extra in enumerate(self.include) for k in extra]
+        for at in keys:
+            if at[-1] not in names:
+                yield at, f"not a trial field; valid: {_choices(names)}"
+
+    def _value_problems(self, skip: set[str | int]) -> Iterator[Problem]:
         """Every value a trial can take (in base, a grid list or distribution, an include entry)
-        passes the trial's own setting checks, so every point does."""
+        passes the trial's own setting checks, so every point does; grid keys in ``skip`` (not
+        well formed) are left out."""
         from harness.finetune.trial import setting_problem
 
         found: list[tuple[Loc, str, Any]] = [(("base", k), k, v) for k, v in self.base.items()]
         for key, values in self.grid.items():
+            if key in skip:
+                continue
             at: Loc = ("grid", key)
             if isinstance(values, dict):  # a distribution: its arguments
                 ((kind, values),) = values.items()
@@ -485,36 +516,42 @@ class SweepSpec(_Spec):
             found += [(("include", n, k), k, v) for k, v in extra.items()]
         for where, key, value in found:
             if (bad := setting_problem(key, value)) is not None:
-                raise _SpecError(where + bad[0], bad[1])
+                yield where + bad[0], bad[1]
 
-    def _check_points(self) -> None:
-        """Every trial names a known method and dataset and only trial fields (the model-
-        dependent checks, layers and budgets, run when the checkpoints are known)."""
-        from dataclasses import fields as dc_fields
-
+    def _point_problems(self) -> Iterator[Problem]:
+        """Every trial names a known method and dataset (the model-dependent checks, layers
+        and budgets, run when the checkpoints are known)."""
         from harness import data, finetune
 
-        names = {f.name for f in dc_fields(finetune.TrialConfig)} - {"checkpoint"}
-        for key in [*self.base, *self.grid, *(k for extra in self.include for k in extra)]:
-            if key not in names:
-                raise _SpecError(
-                    ("grid", key) if key in self.grid else ("base", key),
-                    f"not a trial field; valid: {_choices(names)}",
-                )
         for point in self.points():
             for key in ("dataset", "method"):
                 if key not in point:
-                    raise _SpecError(("base", key), "required (in base, grid or include)")
-            where = ("grid", "method") if "method" in self.grid else ("base", "method")
-            if point["method"] not in finetune.METHODS:
-                raise _SpecError(
-                    where,
-                    f"unknown method {point['method']!r}; valid: {_choices(finetune.METHODS)}",
-                )
-            ds = point["dataset"]
-            if ds not in data.names() and not str(ds).startswith("imagefolder:"):
-                where = ("grid", "dataset") if "dataset" in self.grid else ("base", "dataset")
-                raise _SpecError(where, f"unknown dataset {ds!r}; valid: {_choices(data.names())}")
+                    yield ("base", key), "required (in base, grid or include)"
+            method, ds = point.get("method"), point.get("dataset")
+            if "method" in point and not (isinstance(method, str) and method in finetune.METHODS):
+                valid = _choices(finetune.METHODS)
+                yield self._origin("method", method), f"unknown method {method!r}; valid: {valid}"
+            known = isinstance(ds, str) and (ds in data.names() or ds.startswith("imagefolder:"))
+            if "dataset" in point and not known:
+                valid = f"{_choices(data.names())}, or imagefolder:<path>"
+                yield self._origin("dataset", ds), f"unknown dataset {ds!r}; valid: {valid}"
+
+    def key_path(self, key: str, value: Any) -> str:
+        """Where in the spec trial field ``key`` takes ``value``, e.g. ``grid.layer`` or
+        ``include[2].layer``: the place to name in a message about that value."""
+        return dotted(self._origin(key, value))
+
+    def _origin(self, key: str, value: Any) -> Loc:
+        """Where in the spec trial field ``key`` takes ``value``: its grid entry (a list holding
+        it, or a distribution), else the first include entry setting it, else ``base``."""
+        values = self.grid.get(key)
+        if isinstance(values, dict) or (isinstance(values, list) and value in values):
+            return ("grid", key)
+        n = next(
+            (n for n, extra in enumerate(self.include) if key in extra and extra[key] == value),
+            None,
+        )
+        return ("base", key) if n is None else ("include", n, key)
 
     def points(self) -> list[dict[str, Any]]:
         """Trial field dicts (without the checkpoint): grid product, random draws for

@@ -1,13 +1,15 @@
 """Atomic file writes: write a hidden temporary next to the target, then rename over it, so a
 reader (or a crash) never sees a half-written file. Used for Parquet parts, checkpoints, job
-records, exports and reports; and a lock file that works on a shared file system."""
+records, exports and reports; a lock file that works on a shared file system; and the one
+check every path a command writes or reads a store from goes through first (``check_path``)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import re
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -191,3 +193,89 @@ def file_lock(
                 lock.unlink()
         except FileNotFoundError:
             pass
+
+
+PATH_KINDS = ("file", "dir", "root")
+_NOUNS = {"file": "file name", "dir": "folder", "root": "results folder"}
+
+
+def check_path(
+    path: str | os.PathLike,
+    kind: str = "file",
+    what: str = "--output",
+    suffixes: Sequence[str] = (),
+) -> Path:
+    """Refuse, before any work is done, a path a command could not use; returns it as a Path.
+
+    Every path a command writes, or reads a store from, goes through here, so that a bad one is
+    one line naming the flag (``what``), the path, why, and what would do, instead of a
+    traceback after the work. ``kind``:
+
+    * ``file``: a file to write (an export, a plot). Its folder must exist and be writable (it
+      is not created: a typo in it should not make folders); the path must not be a folder or
+      anything but a regular file (a device is never replaced). An existing file is
+      overwritten. ``suffixes`` (e.g. ``(".png", ".pdf")``): the extensions allowed.
+    * ``dir``: a folder to write into (a report, a results root). Missing folders are created
+      by the command, so only the nearest existing one must be a writable folder; an existing
+      folder is fine (a report folder is rewritten in place), an existing file is refused.
+    * ``root``: a results root to read: an existing folder. A missing one is ``no results
+      under ROOT`` with code 1, the line ``harness query`` prints for it.
+
+    Writability is tried, not read from permission bits (root may write where the bits say no,
+    and nobody may write to /proc or a read-only mount): a hidden probe file is created in the
+    folder and removed at once. Raises HarnessError (code 2, 1 for a missing root)."""
+    from harness.errors import HarnessError
+
+    if kind not in PATH_KINDS:
+        raise ValueError(f"kind must be one of {PATH_KINDS}, got {kind!r}")
+    if not str(path).strip():
+        raise HarnessError(f"{what}: empty path; give a {_NOUNS[kind]}")
+    target = Path(path)
+
+    def refuse(why: str, instead: str) -> HarnessError:
+        return HarnessError(f"{what} {target}: {why}; {instead}")
+
+    blocked = _file_above(target)
+    if blocked is not None:
+        raise refuse(f"{blocked} is a file, not a folder", f"give a path outside {blocked}")
+    if kind == "root":
+        if not target.exists():
+            raise HarnessError(f"no results under {target}", code=1)
+        if not target.is_dir():
+            raise refuse("is a file, not a folder", "give the folder that holds the results")
+        return target
+    if kind == "file":
+        if target.is_dir():
+            raise refuse("is a folder", f"give a file name in it, e.g. {target / 'out'}")
+        if target.exists() and not target.is_file():
+            raise refuse("is not a regular file", "give the name of a file to write")
+        if suffixes and target.suffix.lower() not in suffixes:
+            why = (
+                f"extension {target.suffix!r} is not supported" if target.suffix else "no extension"
+            )
+            raise refuse(why, f"valid: {', '.join(suffixes)}")
+        folder = target.parent
+        if not folder.is_dir():
+            raise refuse(f"folder {folder} does not exist", "create it or choose another")
+    else:
+        if target.exists() and not target.is_dir():
+            raise refuse("is a file, not a folder", "give a folder (created if missing)")
+        folder = target
+        while not folder.exists():
+            folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".harness-probe-", dir=folder)
+    except OSError as e:
+        why = f"cannot write in {folder} ({e.strerror.lower()})"
+        raise refuse(why, "choose a folder you can write to") from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing folder-to-be above ``path`` that is a regular file, if any."""
+    for above in path.parents:
+        if above.exists():
+            return None if above.is_dir() else above
+    return None

@@ -82,14 +82,15 @@ def record_submission(
     folder: str | os.PathLike | None,
     tasks: Sequence[tuple[str, str | None]],
 ) -> Path:
-    """Write one record (atomic JSON) for a whole array / wave: ``tasks`` is (run id, job id)."""
+    """Write one record (atomic JSON) for a whole array / wave: ``tasks`` is (run id, job id).
+    The log folder is recorded relative to the results root (``store.store_path``)."""
     d = jobs_dir(root)
     d.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     rec = dict(
         executor=executor,
         name=name,
-        folder=str(folder) if folder else None,
+        folder=store.store_path(folder, root) if folder else None,
         submitted_at=now.isoformat(),
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -99,9 +100,12 @@ def record_submission(
     return atomic_write_text(path, json.dumps(rec))
 
 
-def _records_of(rec: dict[str, Any]) -> list[JobRecord]:
+def _records_of(rec: dict[str, Any], root: str | os.PathLike | None) -> list[JobRecord]:
+    """The tasks of one submission record, their log folder resolved against ``root``."""
     if "tasks" in rec:
-        common = {k: rec.get(k) for k in ("executor", "name", "folder", "submitted_at", "host")}
+        common = {k: rec.get(k) for k in ("executor", "name", "submitted_at", "host")}
+        folder = rec.get("folder")
+        common["folder"] = str(store.resolve_path(folder, root)) if folder else None
         return [
             JobRecord(run_id=r, job_id=j, pid=rec.get("pid"), **common) for r, j in rec["tasks"]
         ]
@@ -122,7 +126,7 @@ def read_jobs(root: str | os.PathLike | None = None) -> list[JobRecord]:
     out: list[JobRecord] = []
     for p in d.glob("*.json"):
         try:
-            out += _records_of(json.loads(p.read_text()))
+            out += _records_of(json.loads(p.read_text()), root)
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a damaged record must not stop the ledger; the scheduler still answers
     return sorted(out, key=lambda r: r.submitted_at)
@@ -204,6 +208,9 @@ def run_states(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 
     base = store.results_root(root)
     runs = {r["run_id"]: dict(r) for r in store.latest_runs(base)}
+    for row in runs.values():  # stored relative to the root: where the root is now
+        if row.get("log_path"):
+            row["log_path"] = str(store.resolve_path(row["log_path"], base))
     latest = latest_jobs(base)
     open_recs = [rec for rid, rec in latest.items() if runs.get(rid, {}).get("status") != "done"]
     sched = scheduler_states(open_recs)

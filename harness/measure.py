@@ -52,8 +52,10 @@ class LayerResult:
     metrics: dict[str, float]
 
 
-def build_model(spec: MeasureSpec, info) -> tuple[Any, dict[str, Any], bool]:
-    """(model, identity for provenance, whether its classifier belongs to this dataset)."""
+def build_model(spec: MeasureSpec, info) -> tuple[Any, dict[str, Any], bool, str | None]:
+    """(model, identity for provenance, whether its classifier belongs to this dataset, the
+    pre-training run the checkpoint records: what its NC rows are attributed to, never the
+    file's path, which changes when a results root is copied or moved)."""
     import torch
 
     from harness import models
@@ -65,15 +67,15 @@ def build_model(spec: MeasureSpec, info) -> tuple[Any, dict[str, Any], bool]:
                 f"checkpoint {spec.checkpoint}: {meta['in_chans']} input channels, "
                 f"dataset {spec.dataset} has {info.in_chans}"
             )
-        ident = dict(checkpoint_sha256=models.file_sha256(spec.checkpoint), arch=meta["arch"])
+        ident = dict(checkpoint_sha256=store.sha256_file(spec.checkpoint), arch=meta["arch"])
         own_head = (
             meta.get("meta", {}).get("dataset") == spec.dataset
             and meta["num_classes"] == info.num_classes
         )
-        return model, ident, own_head
+        return model, ident, own_head, meta.get("meta", {}).get("run_id")
     torch.manual_seed(spec.seed)
     model = models.create_model(spec.model, info.num_classes, info.in_chans, info.image_size)
-    return model, dict(arch=spec.model, init_seed=spec.seed), False
+    return model, dict(arch=spec.model, init_seed=spec.seed), False, None
 
 
 def measure_model(
@@ -197,7 +199,7 @@ def measure(
             **spec.data_kwargs,
         )
         info = ds.info
-        model, ident, own_head = build_model(spec, info)
+        model, ident, own_head, source_run = build_model(spec, info)
         layers = models.select_layers(model, spec.layers)
         pool = models.resolve_pool(model, spec.pool)
         config = dict(
@@ -233,7 +235,8 @@ def measure(
                 results,
                 n,
                 run_id=prov.run_id,
-                checkpoint=spec.checkpoint,
+                checkpoint=store.store_path(spec.checkpoint, root) if spec.checkpoint else None,
+                source_run_id=source_run,
                 model=ident["arch"],
                 dataset=spec.dataset,
                 split=spec.split,

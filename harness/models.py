@@ -3,7 +3,6 @@ layer registry (which features of which layers NC is measured on)."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import warnings
@@ -252,6 +251,12 @@ def _load_failure(e: Exception) -> str:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict safely (weights_only); anything else is one clear error."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.glob("*.pt"))
+        example = inside[0] if inside else "<results>/checkpoints/<run id>/last.pt"
+        raise HarnessError(
+            f"checkpoint {path}: is a folder; give a checkpoint file, e.g. {example}"
+        )
     if not path.is_file():
         raise HarnessError(f"checkpoint {path}: no such file")
     try:
@@ -291,14 +296,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
         ) from None
     info = {k: v for k, v in obj.items() if k != "state_dict"}
     return model, info
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

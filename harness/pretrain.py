@@ -373,11 +373,12 @@ def _finish(
 
 def _record(run: _Run, root: Any, results: Any, n: int, summary: dict, wall_s: float) -> None:
     """The run's rows: per-layer source NC, the `pretrain` row, and its `runs` row (done), which
-    commits the run; tables a failed earlier attempt already wrote are not written again."""
+    commits the run; tables a failed earlier attempt already wrote are not written again. The
+    checkpoint is recorded relative to the results root (``store.store_path``)."""
     from harness import models
     from harness.measure import nc_rows
 
-    cfg, ckpt = run.cfg, str(run.ckpt_path)
+    cfg, ckpt = run.cfg, store.store_path(run.ckpt_path, root)
     rid = run.prov.run_id
     have = _recorded(run, root)
     if "nc" not in have:
@@ -386,6 +387,7 @@ def _record(run: _Run, root: Any, results: Any, n: int, summary: dict, wall_s: f
             n,
             run_id=rid,
             checkpoint=ckpt,
+            source_run_id=rid,
             model=cfg.arch,
             dataset=cfg.dataset,
             split=cfg.nc_split,
@@ -422,6 +424,7 @@ def _recorded(run: _Run, root: Any) -> set[str]:
 
 
 def _log_path() -> str | None:
+    """This job's submitit log (``record_run`` stores it relative to the results root)."""
     try:
         return str(submitit.JobEnvironment().paths.stderr)
     except (RuntimeError, KeyError):  # not in a job, or submitit's debug executor (no folder)

@@ -26,7 +26,8 @@ Echo = Callable[[str], None]
 
 
 def _checkpoints(spec: Any, root: Path) -> list[dict[str, Any]]:
-    """The study's finished pre-training runs: run_id, arch, dataset, checkpoint."""
+    """The study's finished pre-training runs: run_id, arch, dataset, checkpoint (the file where
+    the root now is: the store records it relative to the root)."""
     ids = spec.run_ids()
     if not store.parts("pretrain", root):
         return []
@@ -37,9 +38,16 @@ def _checkpoints(spec: Any, root: Path) -> list[dict[str, Any]]:
             "FROM pretrain WHERE run_id IN (SELECT unnest(?)) GROUP BY run_id ORDER BY run_id",
             [ids],
         )
-        return [dict(run_id=r[0], arch=r[1], dataset=r[2], checkpoint=r[3]) for r in cur.fetchall()]
+        return [
+            dict(run_id=r[0], arch=r[1], dataset=r[2], checkpoint=_resolved(r[3], root))
+            for r in cur.fetchall()
+        ]
     finally:
         con.close()
+
+
+def _resolved(stored: str | None, root: Path) -> str | None:
+    return None if stored is None else str(store.resolve_path(stored, root))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ def stage_scores(spec: Any, root: Path, echo: Echo) -> None:
                 np.concatenate(probs),
                 run_id=ck["run_id"],
                 dataset=ds_name,
-                checkpoint=ck["checkpoint"],
+                checkpoint=store.store_path(ck["checkpoint"], root),
                 arch=ck["arch"],
             )
             analysis.write_scores(rows, root)
@@ -245,9 +253,11 @@ def _store_fingerprint(root: Path, spec: Any) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def stage_report(spec: Any, root: Path, echo: Echo) -> dict[str, Any]:
+def stage_report(spec: Any, root: Path, echo: Echo, allow_damaged: bool = False) -> dict[str, Any]:
     """Findings, correlations and the report; skipped when the store has not changed since the
-    report in ``out`` was written (its fingerprint is kept next to it)."""
+    report in ``out`` was written (its fingerprint is kept next to it). A report that left
+    damaged parts out says so at its top, is never up to date, and then fails (exit 1) unless
+    ``allow_damaged`` (``store.check_left_out``)."""
     out = Path(spec.report.out or f"reports/{spec.name}")
     stamp, saved = out / ".fingerprint", out / "findings.txt"
     fp = _store_fingerprint(root, spec)
@@ -260,10 +270,14 @@ def stage_report(spec: Any, root: Path, echo: Echo) -> dict[str, Any]:
         lines = [f.line() for f in found]
         paths = _write_report(spec, root, out, found)
         saved.write_text("\n".join(lines) + "\n")
-        stamp.write_text(fp)
+        if paths["left_out"]:
+            stamp.unlink(missing_ok=True)
+        else:
+            stamp.write_text(fp)
         echo(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")
     for ln in lines:
         echo(f"  {ln}")
+    store.check_left_out(paths.get("left_out", []), "report", allow_damaged)
     return paths
 
 
@@ -277,10 +291,11 @@ def run(
     executor: str | None = None,
     address: str | None = None,
     echo: Echo = print,
+    allow_damaged: bool = False,
 ) -> dict[str, Any]:
     """`harness run`: every stage in order; each skips what the store says is done; first,
     what a killed earlier run left running is stopped (its local jobs by the pre-training
-    stage)."""
+    stage). ``allow_damaged``: the report stage exits 0 over a damaged store."""
     from harness import launch, orphans
 
     base = store.results_root(root).resolve()
@@ -303,7 +318,7 @@ def run(
     if line:  # before the report: the report's fingerprint is the list of parts
         echo(line)
     echo("[5/5] correlations and report")
-    paths = stage_report(spec, base, echo)
+    paths = stage_report(spec, base, echo, allow_damaged)
     echo(f"done in {time.perf_counter() - t0:.0f} s")
     os.environ.pop("HARNESS_THREADS", None)
     return paths

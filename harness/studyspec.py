@@ -9,11 +9,12 @@ the verdict a test rather than a choice among groupings.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from harness.config import SubmitSpec, SweepSpec, _choices, _describe, _Spec, _SpecError
+from harness.config import SubmitSpec, SweepSpec, _choices, _Spec
+from harness.specerrors import Problem, SpecError, check, problems_of
 
 
 class MeasureSettings(_Spec):
@@ -115,32 +116,49 @@ class StudySpec(_Spec):
     def _known_downstream(cls, v: list[str]) -> list[str]:
         from harness import data
 
-        for name in v:
-            if name not in data.names() and not name.startswith("imagefolder:"):
-                raise ValueError(f"unknown dataset {name!r}; valid: {_choices(data.names())}")
+        valid = _choices(data.names())
+        check(
+            ((i,), f"unknown dataset {name!r}; valid: {valid}, or imagefolder:<path>")
+            for i, name in enumerate(v)
+            if name not in data.names() and not name.startswith("imagefolder:")
+        )
         return v
 
-    @model_validator(mode="after")
-    def _valid_parts(self) -> Self:
-        for part, build in (("pretrain", self.pretrain_spec), ("finetune", self.sweep_spec)):
-            try:
-                build()
-            except ValidationError as e:
-                loc, message, more = _describe(e.errors()[0], SubmitSpec)
-                raise _SpecError((part, *loc), message, more + e.error_count() - 1) from None
-            except _SpecError as e:
-                raise _SpecError((part, *e.loc), e.message, e.more) from None
-        for key in self.findings:
+    @field_validator("pretrain")
+    @classmethod
+    def _valid_pretrain(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _sub_spec(SubmitSpec, _pretrain_dict(_name(info), info.data.get("executor", "auto"), v))
+        return v
+
+    @field_validator("finetune")
+    @classmethod
+    def _valid_finetune(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        pretrain = info.data.get("pretrain")  # absent when it has problems of its own
+        executor = info.data.get("executor", "auto")
+        ids = [] if pretrain is None else _run_ids(_pretrain_dict(_name(info), executor, pretrain))
+        _sub_spec(SweepSpec, _sweep_dict(_name(info), v, ids))
+        return v
+
+    @field_validator("findings", mode="before")
+    @classmethod
+    def _finding_names(cls, v: Any) -> Any:
+        """A finding named ``1:`` in YAML is the number 1: names are read as text (``"1"``)."""
+        return {str(k): f for k, f in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("findings")
+    @classmethod
+    def _valid_findings(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        problems: list[Problem] = []
+        for key, fields in v.items():
             if key not in DEFAULT_FINDINGS:
-                raise _SpecError(
-                    ("findings", key), f"unknown finding; valid: {_choices(DEFAULT_FINDINGS)}"
-                )
-        try:
-            self.primary_tests()
-        except ValidationError as e:
-            loc, message, more = _describe(e.errors()[0], PrimaryTest)
-            raise _SpecError(("findings", *loc), message, more) from None
-        return self
+                problems.append(((key,), f"unknown finding; valid: {_choices(DEFAULT_FINDINGS)}"))
+                continue
+            try:
+                PrimaryTest.model_validate({**DEFAULT_FINDINGS[key], **fields})
+            except ValidationError as e:
+                problems += [((key, *loc), m) for loc, m in problems_of(e, PrimaryTest)]
+        check(problems)
+        return v
 
     def primary_tests(self) -> dict[str, PrimaryTest]:
         """Each finding's primary test: its defaults overridden by the spec's fields."""
@@ -151,16 +169,41 @@ class StudySpec(_Spec):
 
     def run_ids(self) -> list[str]:
         """The study's own pre-training run ids (what its findings and report read)."""
-        return [cfg.run_id() for cfg in self.pretrain_spec().runs()]
+        return _run_ids(_pretrain_dict(self.name, self.executor, self.pretrain))
 
     def pretrain_spec(self) -> SubmitSpec:
-        return SubmitSpec.model_validate(
-            {"name": f"{self.name}-pretrain", "executor": self.executor, **self.pretrain}
-        )
+        return SubmitSpec.model_validate(_pretrain_dict(self.name, self.executor, self.pretrain))
 
     def sweep_spec(self) -> SweepSpec:
-        ids = ", ".join(f"'{rid}'" for rid in self.run_ids())
-        query = f"SELECT checkpoint FROM pretrain WHERE run_id IN ({ids})"
-        return SweepSpec.model_validate(
-            {"name": f"{self.name}-finetune", "checkpoints": {"query": query}, **self.finetune}
-        )
+        return SweepSpec.model_validate(_sweep_dict(self.name, self.finetune, self.run_ids()))
+
+
+def _name(info: ValidationInfo) -> str:
+    """The study's name while it is being validated (a stand-in when the name is wrong)."""
+    return info.data.get("name", "study")
+
+
+def _pretrain_dict(name: str, executor: str, pretrain: dict[str, Any]) -> dict[str, Any]:
+    """The submit spec of a study's ``pretrain`` part."""
+    return {"name": f"{name}-pretrain", "executor": executor, **pretrain}
+
+
+def _sweep_dict(name: str, finetune: dict[str, Any], run_ids: list[str]) -> dict[str, Any]:
+    """The sweep spec of a study's ``finetune`` part: its checkpoints are the study's runs."""
+    ids = ", ".join(f"'{rid}'" for rid in run_ids)
+    query = f"SELECT checkpoint FROM pretrain WHERE run_id IN ({ids})"
+    return {"name": f"{name}-finetune", "checkpoints": {"query": query}, **finetune}
+
+
+def _run_ids(pretrain: dict[str, Any]) -> list[str]:
+    """The run ids of the submit spec ``pretrain``."""
+    return [cfg.run_id() for cfg in SubmitSpec.model_validate(pretrain).runs()]
+
+
+def _sub_spec(model: type[_Spec], d: dict[str, Any]) -> None:
+    """Validate one part of a study as the spec it becomes; its problems, at their key paths
+    within the part, as one ``SpecError``."""
+    try:
+        model.model_validate(d)
+    except ValidationError as e:
+        raise SpecError(problems_of(e, model)) from None

@@ -39,7 +39,9 @@ def trial_id(trial: dict[str, Any]) -> str:
 
 
 def select_checkpoints(spec: Any, root: str | os.PathLike | None) -> list[dict[str, Any]]:
-    """[{checkpoint, run_id, arch}] from the spec's query over the store and/or paths."""
+    """[{checkpoint, run_id, arch}] from the spec's query over the store and/or paths. A path
+    the query returns is read against the results root (the store records checkpoints relative
+    to it: ``store.resolve_path``); a listed path as given."""
     from harness import models
 
     out: dict[str, dict[str, Any]] = {}
@@ -50,7 +52,8 @@ def select_checkpoints(spec: Any, root: str | os.PathLike | None) -> list[dict[s
                 f"checkpoints.query must return a 'checkpoint' column; got {', '.join(table.column_names)}"
             )
         for row in table.to_pylist():
-            out.setdefault(row["checkpoint"], {})
+            if row["checkpoint"] is not None:
+                out.setdefault(str(store.resolve_path(row["checkpoint"], root)), {})
     for p in spec.checkpoints.paths:
         out.setdefault(str(p), {})
     if not out:
@@ -148,7 +151,14 @@ def expand(spec: Any, root) -> list[dict[str, Any]]:
                 model_cache[ck["checkpoint"]] = models.load_checkpoint(ck["checkpoint"])[0]
             model = model_cache[ck["checkpoint"]]
             data.info(cfg.dataset, root=cfg.data_root, **cfg.data_kwargs)
-            cfg.layer, choice = resolve_layer(cfg, model, autos)
+            given = cfg.layer
+            try:
+                cfg.layer, choice = resolve_layer(cfg, model, autos)
+                if cfg.method in LAYER_METHODS:
+                    finetune.check_layer(model, cfg.method, cfg.layer)
+            except HarnessError as e:  # name the user's key and value, e.g. -1 (pre_logits)
+                shown = f": {given} ({cfg.layer})" if str(given) != str(cfg.layer) else ""
+                raise HarnessError(f"{spec.key_path('layer', given)}{shown}: {e}") from None
             cfg.validate(model)
             # the checkpoint enters the id as its pre-training run when known: results that move
             # with their store keep their ids
@@ -161,6 +171,8 @@ def expand(spec: Any, root) -> list[dict[str, Any]]:
                     run_id=ck["run_id"],
                     arch=ck["arch"],
                     layer_choice=choice,
+                    # what its rows record: relative to the results root when under it
+                    checkpoint=store.store_path(cfg.checkpoint, root),
                 ),
             )
     return list(trials.values())
@@ -292,7 +304,7 @@ def _run_and_record(config: dict[str, Any], attempt: int, write_nc: bool = True)
         return "failed"
     nc = row.pop("nc", {}) or {}
     if nc and write_nc:
-        store.append("nc", _nc_rows_after(trial, tid, meta["arch"], nc), root)
+        store.append("nc", _nc_rows_after(trial, tid, meta, nc), root)
     names = store.SCHEMAS["finetune"].names
     extra = {k: v for k, v in row.items() if k in names and k not in base}
     store.append("finetune", [dict(base, **extra, status="done")], root)
@@ -302,13 +314,13 @@ def _run_and_record(config: dict[str, Any], attempt: int, write_nc: bool = True)
 
 def _row_base(trial: dict[str, Any], meta: dict[str, Any], node: str | None) -> dict[str, Any]:
     """The `finetune` columns every row of a trial has, done or failed: the trial's settings
-    and its ids, as the table names them."""
+    and its ids, as the table names them (``meta`` wins: its checkpoint is the stored form)."""
     names = set(store.SCHEMAS["finetune"].names)
     return {**{k: v for src in (trial, meta) for k, v in src.items() if k in names}, "node": node}
 
 
 def _nc_rows_after(
-    trial: dict[str, Any], tid: str, arch: str, nc: dict[str, dict[str, float]]
+    trial: dict[str, Any], tid: str, meta: dict[str, Any], nc: dict[str, dict[str, float]]
 ) -> list[dict[str, Any]]:
     """`nc` rows of the fine-tuned features (run_id = trial id) with the layer's registry
     index and depth fraction from the checkpoint's model."""
@@ -334,8 +346,9 @@ def _nc_rows_after(
         results,
         n,
         run_id=tid,
-        checkpoint=trial["checkpoint"],
-        model=arch,
+        # an experiment interrupted before metas carried the stored form: the trial's path
+        checkpoint=meta.get("checkpoint", trial["checkpoint"]),
+        model=meta["arch"],
         dataset=trial["dataset"],
         split="train",
         num_classes=train.info.num_classes,
@@ -359,12 +372,30 @@ def _experiment(spec: Any, base: Path, pending: list[dict[str, Any]]) -> Path:
     return path
 
 
+# Tune's warning when it builds the results of a restored experiment: the trials it restored
+# (finished, or run again) left no result file of its own. Their rows are in the store.
+RESTORE_NOISE = ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics for ")
+
+
+def _not_restore_noise(record: Any) -> bool:
+    """A logging filter: False for Tune's restore warning only (``RESTORE_NOISE``)."""
+    return not record.getMessage().startswith(RESTORE_NOISE[1])
+
+
 def _tuner(spec: Any, base: Path, path: Path, pending: list[dict[str, Any]], echo: Any) -> Any:
     """A new Tuner over the pending trials, or the interrupted one restored."""
+    import logging
+
     from ray import tune
 
+    from harness import progress
+
+    noisy = logging.getLogger(RESTORE_NOISE[0])
+    if _not_restore_noise not in noisy.filters:
+        noisy.addFilter(_not_restore_noise)
+
     trainable = tune.with_resources(_trainable, {"cpu": spec.cpus_per_trial})
-    metas = ("trial_id", "run_id", "arch", "layer_choice", "rows")
+    metas = ("trial_id", "run_id", "arch", "layer_choice", "checkpoint", "rows")
     space = {
         "t": tune.grid_search(
             [{"trial": t["trial"], "meta": {k: t[k] for k in metas}} for t in pending]
@@ -400,6 +431,7 @@ def _tuner(spec: Any, base: Path, path: Path, pending: list[dict[str, Any]], ech
             name=path.name,
             storage_path=str(path.parent),
             verbose=0,
+            callbacks=[progress.tune_callback()],  # the live line (restored with the experiment)
             # a trial whose process died runs again; its own failures end it normally
             failure_config=tune.FailureConfig(max_failures=_retries(spec), fail_fast=False),
         ),
@@ -465,7 +497,7 @@ def run(
 ) -> dict[str, int]:
     """Run the sweep's pending trials on Ray Tune; compact what they wrote; return counts.
     ``retry_failed``: trials whose recorded rows are failures run again."""
-    from harness import rayrun
+    from harness import progress, rayrun
 
     base = store.results_root(root).resolve()
     trials = expand(spec, base)
@@ -482,7 +514,8 @@ def run(
         random.Random(spec.search_seed).shuffle(pending)
     with rayrun.runtime(address, base, echo):
         path = _experiment(spec, base, pending)
-        grid = list(_tuner(spec, base, path, pending, echo).fit())
+        with progress.reporting(progress.Progress(len(pending), echo)):
+            grid = list(_tuner(spec, base, path, pending, echo).fit())
     errored = [r for r in grid if r.error is not None]
     _record_lost(errored, pending, base, spec)
     failed = len(errored) + sum(

@@ -535,8 +535,14 @@ def test_report(known, tmp_path):
     assert page.count("data:image/png;base64,") >= len(names) and ".png'" not in page
     for name in [*names, "score_ranking", "layer_auto_gap"]:
         assert f"analysis/{name}.sql" in md and f"analysis/{name}.sql" in page
-        assert analysis.load_sql(name).strip() in md  # the SQL that produced the section
-    assert "no data yet" not in md and md.count("```sql") == 8
+        assert analysis.read_sql(name).strip() in md  # the SQL that produced the section
+    # the shared CTEs are printed once, at the end, for the 8 queries that ran after them
+    common = analysis.read_sql("common").strip()
+    assert md.count(common) == 1
+    assert md.index(common) > max(md.index(f"analysis/{name}.sql") for name in names)
+    assert md.count("pretrain_one AS (") == 1 and page.count("pretrain_one AS (") == 1
+    assert md.count("run after the [shared SQL](#shared-sql)") == 8
+    assert "no data yet" not in md and md.count("```sql") == 9
     # the numbers: source NC1 vs linear probe, per architecture
     x, y = by_arch(truth, "s")["vit"], by_arch(truth, "lp")["vit"]
     row = next(line for line in md.splitlines() if line.startswith("| mnist5k / vit |"))

@@ -18,7 +18,17 @@ STORE = ("store", "fileio", "errors")
 CLUSTER = {"ray", "submitit"}
 DISPATCH = {
     f"harness.{m}"
-    for m in ("study", "submit", "sweep", "ledger", "launch", "cli", "rayrun", "orphans")
+    for m in (
+        "study",
+        "submit",
+        "sweep",
+        "ledger",
+        "launch",
+        "cli",
+        "rayrun",
+        "orphans",
+        "progress",
+    )
 }
 HEAVY = ("torch", "torchvision", "timm", "ray")
 

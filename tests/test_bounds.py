@@ -11,7 +11,7 @@ import typing
 from dataclasses import fields as dc_fields
 
 import pytest
-from tests_util import HARNESS
+from tests_util import HARNESS, STUDY_SPEC
 
 from harness import bounds, catalog, config, data, studyspec
 from harness import finetune as ft
@@ -23,13 +23,7 @@ SWEEP = (
     "name: s\ncheckpoints: {paths: [absent.pt]}\n"
     "base: {dataset: digits, method: linear_probe, epochs: 1}\n"
 )
-STUDY = """\
-name: st
-executor: local
-pretrain: {base: {arch: resnet_tiny, dataset: digits, epochs: 1}}
-downstream: [digits]
-finetune: {base: {dataset: digits, method: linear_probe, epochs: 1}}
-"""
+STUDY = STUDY_SPEC
 SPECS = {"submit": PRETRAIN, "sweep": SWEEP, "run": STUDY}
 
 TRIAL_BASE = {"dataset": "digits", "method": "full"}
@@ -100,6 +94,7 @@ def _cases() -> list[tuple[str, str, list[str]]]:
     return [(command, where, shlex.split(args)) for command, where, args in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command, where, args", _cases(), ids=lambda x: " ".join(x) if isinstance(x, list) else x
 )

@@ -51,6 +51,25 @@ store.compact("finetune", root, on_step=hook)
 """
 
 
+def assert_kept(root, table: str = "finetune") -> None:
+    """Every live merged part matches its manifest, and every file it replaced is kept (not in
+    the table folder, where a reader could list it) with the checksum the manifest recorded."""
+    import hashlib
+
+    tdir = root / table
+    merged = [p for p in store.parts(table, root) if p.parent.name == store.COMPACT_DIR]
+    assert merged
+    for part in merged:
+        man = store.read_manifest(part.parent, part.name)
+        assert man.part.sha256 == hashlib.sha256(part.read_bytes()).hexdigest()
+        kept = store.kept_dir(part.parent, part.name)
+        for f in man.replaced:
+            assert not (tdir / f.name).exists()
+            data = (kept / os.path.basename(f.name)).read_bytes()
+            assert (hashlib.sha256(data).hexdigest(), len(data)) == (f.sha256, f.bytes)
+    assert store.scan_damage(root) == []
+
+
 def rows(root) -> list[tuple]:
     return sorted(
         store.fetch("SELECT trial_id, test_acc, status FROM finetune", None, root, ["finetune"])
@@ -73,7 +92,8 @@ def test_compaction_merges_sorted_and_is_idempotent(tmp_path):
     assert (c.parts_before, c.parts_after, c.rows) == (30, 1, 30)
     assert rows(tmp_path) == before
     assert store.parts("finetune", tmp_path) == [c.merged]
-    assert list((tmp_path / "finetune").glob("part-*.parquet")) == []  # replaced parts deleted
+    assert list((tmp_path / "finetune").glob("part-*.parquet")) == []  # replaced parts moved
+    assert_kept(tmp_path)
     again = store.compact("finetune", tmp_path)
     assert again.merged is None and store.parts("finetune", tmp_path) == [c.merged]
     fill(tmp_path, 30, 5)  # new parts after a compaction merge with the merged one
@@ -86,10 +106,19 @@ def test_compaction_merges_sorted_and_is_idempotent(tmp_path):
     assert merged.column("trial_id").to_pylist() == sorted(f"t{i}" for i in range(35))
 
 
+def rows_in_kept(root) -> list[str]:
+    """The trial ids in the small parts kept by merged parts (each row was appended once)."""
+    import pyarrow.parquet as pq
+
+    kept = (root / "finetune" / store.COMPACT_DIR / store.KEPT_DIR).glob("*/part-*.parquet")
+    return sorted(t for p in kept for t in pq.read_table(p).column("trial_id").to_pylist())
+
+
 def rows_of(a: int, b: int) -> list[tuple]:
     return [(f"t{i}", i / 1000, "done") for i in range(a, b)]
 
 
+@pytest.mark.slow
 def test_compaction_while_appending_and_querying(tmp_path):
     fill(tmp_path, 0, 50)
     writer = subprocess.Popen(
@@ -116,9 +145,10 @@ def test_compaction_while_appending_and_querying(tmp_path):
     assert merges >= 3
     assert rows(tmp_path) == sorted(rows_of(0, 300))  # nothing lost, nothing twice
     assert len(store.parts("finetune", tmp_path)) == 1
+    assert_kept(tmp_path)
 
 
-@pytest.mark.parametrize("step", ["read", "write", "list", "commit", "delete", "done"])
+@pytest.mark.parametrize("step", ["read", "write", "list", "manifest", "commit", "move", "done"])
 def test_compaction_killed_at_each_step_keeps_every_row(tmp_path, step):
     fill(tmp_path, 0, 40)
     store.compact("finetune", tmp_path)
@@ -132,8 +162,16 @@ def test_compaction_killed_at_each_step_keeps_every_row(tmp_path, step):
     assert len(store.parts("finetune", tmp_path)) == 1
     leftovers = [p.name for p in (tmp_path / "finetune").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+    assert_kept(tmp_path)
+    cdir = tmp_path / "finetune" / store.COMPACT_DIR  # lists and manifests of live parts only
+    assert sorted(p.name for p in cdir.glob("compact-*")) == sorted(
+        store.parts("finetune", tmp_path)[0].with_suffix(s).name
+        for s in (".manifest.json", ".parquet", ".replaces")
+    )
+    assert len(rows_in_kept(tmp_path)) == 60  # every row also in the files kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_compaction_killed_at_random_moments(tmp_path, seed):
     fill(tmp_path, 0, 150)
@@ -150,6 +188,7 @@ def test_compaction_killed_at_random_moments(tmp_path, seed):
         assert rows(tmp_path) == before
     store.compact("finetune", tmp_path)
     assert rows(tmp_path) == before
+    assert_kept(tmp_path)
 
 
 def test_harness_compact_cli_and_query_stays_read_only(results):

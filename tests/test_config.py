@@ -160,11 +160,32 @@ def test_unknown_arch_lists_presets_and_timm(tmp_path):
     assert "resnet_tiny" in message and "timm" in message
 
 
-def test_extra_problems_are_counted(tmp_path):
+def test_every_problem_is_listed(tmp_path):
     message = one_line_error(load_spec, write(tmp_path, SMALL), ["base.epochs=0", "base.lr=0"])
-    assert "base.epochs" in message and "(+1 more)" in message
+    assert "spec.yaml: 2 problems: base.epochs: must be an integer" in message, message
+    assert "; base.lr: must be a positive number up to 100 (got 0.0)" in message
     message = one_line_error(load_spec, write(tmp_path, SMALL), ["executor=x", "resources.nodes=0"])
-    assert "spec.yaml: executor" in message and "(+1 more)" in message
+    assert "spec.yaml: 2 problems: executor: " in message and "; resources.nodes: " in message
+    assert "more)" not in message
+
+
+def test_a_wrong_field_does_not_hide_the_runs_problems(tmp_path):
+    """The runs are checked even when another field is wrong: a bad resource and a typo'd
+    dataset are reported together, each at its key, and one problem of many runs once."""
+    overrides = ["resources.nodes=0", "base.dataset=digts", "base.loss_kwargs={tau: 1, s: 2}"]
+    message = one_line_error(load_spec, write(tmp_path, SMALL), overrides)
+    assert "spec.yaml: 4 problems: resources.nodes: must be" in message, message
+    assert "; base.dataset: unknown dataset 'digts'; valid: " in message
+    assert "base.loss_kwargs.tau: loss 'ce' has no option 'tau'" in message
+    assert "base.loss_kwargs.s: loss 'ce' has no option 's'" in message
+    assert message.count("digts") == 1  # two runs (seed 0 and 1), one problem
+
+
+def test_a_wrong_field_the_runs_read_leaves_them_unchecked(tmp_path):
+    # the grid itself is wrong: no run can be built, so only the grid's problems are named
+    message = one_line_error(load_spec, write(tmp_path, SMALL), ["grid.seed=3", "grid.x=[1]"])
+    assert "spec.yaml: 2 problems: grid.seed: must be a non-empty list" in message
+    assert "; grid.x: not a run field" in message and "base" not in message
 
 
 def test_yaml_syntax_error_names_line(tmp_path):

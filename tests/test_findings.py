@@ -290,6 +290,7 @@ class _Spec:
         return {k: primary(k, **self.findings.get(k, {})) for k in DEFAULT_FINDINGS}
 
 
+@pytest.mark.slow
 def test_report_stage_prints_the_primary_verdicts_and_tracks_the_tests(tmp_path):
     from harness import study
 
@@ -312,6 +313,7 @@ def test_report_stage_prints_the_primary_verdicts_and_tracks_the_tests(tmp_path)
     assert "up to date" not in said[0]
 
 
+@pytest.mark.slow
 def test_report_stage_rewrites_a_report_of_older_analysis_code(tmp_path, monkeypatch):
     """The same store, another version of the saved queries: the report is written again."""
     import shutil
@@ -345,6 +347,7 @@ def test_report_stage_rewrites_a_report_of_older_analysis_code(tmp_path, monkeyp
 # `harness report --study` and `harness correlate --study` on a shared root
 
 
+@pytest.mark.slow
 def test_cli_reads_only_the_named_study(tmp_path):
     """A real study spec names its runs; the rows of another study in the same root change
     neither its report's findings nor its correlation."""

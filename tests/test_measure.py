@@ -164,6 +164,7 @@ def harness(*args):
     return subprocess.run([HARNESS, *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_measure_cli_writes_once_and_skips_repeat(results):
     args = [
         "measure",
@@ -191,6 +192,7 @@ def test_measure_cli_writes_once_and_skips_repeat(results):
     assert con.execute("SELECT count(*) FROM nc").fetchone()[0] == first[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -211,6 +213,7 @@ def test_measure_bad_input_one_line(results, args, words):
     assert not (results / "nc").exists()
 
 
+@pytest.mark.slow
 def test_not_a_checkpoint(results, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x80\x04 definitely not a checkpoint")
@@ -230,6 +233,7 @@ def _measure_job(spec: MeasureSpec, root: str):
     return {r.layer: r.metrics for r in res}
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_ddp_measure_on_slurm_equals_one_process(slurm_cluster, checkpoint, shared_tmp):
     spec = MeasureSpec(

@@ -40,6 +40,7 @@ def _train_job(cfg: dict, root: str) -> dict:
     return pretrain.train(cfg, root)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_two_node_ddp_equals_one_process(slurm_cluster, shared_tmp):
     cfg = config.PretrainConfig(**TINY)
@@ -70,6 +71,7 @@ def test_two_node_ddp_equals_one_process(slurm_cluster, shared_tmp):
     assert con.execute("SELECT count(DISTINCT layer) FROM nc").fetchone()[0] == len(layers)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_preempted_job_requeues_and_resumes(slurm_cluster, shared_tmp):
     cfg = config.PretrainConfig(
@@ -120,6 +122,7 @@ def harness(*args, env=None):
     return subprocess.run([HARNESS, *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_finished_grid_submits_nothing(results, tmp_path):
     spec = write_spec(
         tmp_path / "g.yaml",
@@ -160,6 +163,7 @@ def test_bad_specs_submit_nothing(results, tmp_path, base, grid, words):
     assert not results.exists() or not any(results.rglob("*"))
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_status_reports_failed_slurm_job(slurm_cluster, results, tmp_path):
     spec = write_spec(

@@ -13,6 +13,8 @@ from harness import config, models, pretrain, store
 from harness.errors import HarnessError
 from harness.fileio import disk_full_message
 
+pytestmark = pytest.mark.slow  # every test trains (and resumes) a run
+
 CFG = config.PretrainConfig(
     arch="vit_tiny", dataset="digits", epochs=3, batch_size=64, lr=0.01, nc_limit=300
 )

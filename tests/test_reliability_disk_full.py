@@ -135,34 +135,69 @@ def fill(root: Path, leave: int) -> Path:
     return ballast
 
 
+SPEC = dict(arch="vit_tiny", dataset="digits", epochs=2, batch_size=64, lr=0.01, nc_limit=300)
+
+
+class Killed(BaseException):
+    """Stops a training loop with nothing after it run (no `failed` row)."""
+
+
+def epoch_checkpoint_size(root: Path) -> int:
+    """The size of the run's epoch-1 ``last.pt``, measured: the same run, in process, into a
+    scratch ``root``, stopped right after that checkpoint (weights, SGD momentum and meta)."""
+    from harness import config, pretrain
+
+    save = pretrain._save
+
+    def save_then_stop(run, epochs_done, loss):
+        save(run, epochs_done, loss)
+        raise Killed
+
+    cfg = config.PretrainConfig(**SPEC)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Killed):
+        mp.setattr(pretrain, "_save", save_then_stop)
+        pretrain.train(cfg, root)
+    return (pretrain.run_dir(root, cfg.run_id()) / pretrain.CHECKPOINT_NAME).stat().st_size
+
+
+@pytest.mark.slow
 def test_full_results_root_fails_in_one_line_and_resumes(small_root, tmp_path, monkeypatch):
-    # two runs of 2 epochs, side by side: each keeps two ~1.1 MB checkpoints and writes a third
-    # as a temporary, so 4 MB free cannot hold both (one fails writing its epoch-2 checkpoint)
+    # One run of 2 epochs. Its epoch-1 save writes one checkpoint (size C); its epoch-2 save
+    # writes a second as a temporary before ``last.pt`` becomes ``prev.pt`` (a hard link: no
+    # space), so it needs C more. Free C + C/2: the job records, logs and parquet parts (a few
+    # pages each) fit in the C/2, a second checkpoint never does.
+    size = epoch_checkpoint_size(tmp_path / "scratch")
     spec = tmp_path / "full.yaml"
-    base = dict(arch="vit_tiny", dataset="digits", epochs=2, batch_size=64, lr=0.01, nc_limit=300)
-    spec.write_text(
-        yaml.safe_dump(dict(name="full", executor="local", base=base, grid={"loss": ["ce", "mse"]}))
-    )
+    spec.write_text(yaml.safe_dump(dict(name="full", executor="local", base=SPEC)))
     monkeypatch.setenv("HARNESS_RESULTS", str(small_root))
-    ballast = fill(small_root, 4 * 2**20)
+    ballast = fill(small_root, size + size // 2)
     r = subprocess.run([HARNESS, "submit", str(spec)], capture_output=True, text=True)
     assert r.returncode != 0, r.stdout + r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.startswith(f"harness: {small_root}/") and r.stderr.endswith(f"{FULL}\n")
+    ckpts = small_root / "checkpoints"
+    (run_dir,) = ckpts.iterdir()
+    last = run_dir / "last.pt"
+    assert r.stderr == f"harness: {last}: {FULL}\n", r.stderr  # the epoch-2 save failed
+    # what the resume depends on: epoch 1's checkpoint, whole, the size measured; nothing else
+    assert visible(run_dir) == ["last.pt"]
+    assert last.stat().st_size == size
+    assert models.read_checkpoint(last)["epoch"] == 1
     assert not [p for p in small_root.rglob("*") if p.name.endswith(".tmp")]
     for part in small_root.rglob("*.parquet"):
         pq.read_table(part)  # every visible part is whole
-    for ckpt in small_root.rglob("*.pt"):
-        models.read_checkpoint(ckpt)  # and every visible checkpoint
+    q = store.fetch
+    failed = q("SELECT run_id, status, error FROM runs")
+    assert [(rid, st) for rid, st, _ in failed] == [(run_dir.name, "failed")], failed
+    assert failed[0][2].endswith(f"{last}: {FULL}"), failed
     ballast.unlink()
     r = subprocess.run([HARNESS, "submit", str(spec)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    q = store.fetch
-    assert q("SELECT count(*), count(DISTINCT run_id) FROM pretrain") == [(2, 2)]
-    assert q("SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'done'") == [(2, 2)]
+    assert q("SELECT count(*), count(DISTINCT run_id) FROM pretrain") == [(1, 1)]
+    done = q("SELECT run_id, resumed_from FROM runs WHERE status = 'done'")
+    assert done == [(run_dir.name, "last.pt epoch 1")], done
     assert q(
         "SELECT count(*) = count(DISTINCT (run_id, layer, metric, variant)), "
         "count(DISTINCT run_id) FROM nc"
-    ) == [(True, 2)]
-    resumed = q("SELECT resumed_from FROM runs WHERE status = 'done' AND resumed_from IS NOT NULL")
-    assert resumed and all(rf.startswith("last.pt epoch ") for (rf,) in resumed), resumed
+    ) == [(True, 1)]
+    assert visible(run_dir) == ["last.pt", "prev.pt"]
+    assert models.read_checkpoint(last)["epoch"] == 2

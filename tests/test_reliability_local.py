@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from tests_util import HARNESS
 
@@ -73,6 +74,7 @@ def wait_file(pattern: str, root: Path, seconds: float = 180) -> Path:
     raise AssertionError(f"no {pattern} under {root}")
 
 
+@pytest.mark.slow
 def test_killed_local_job_is_submitted_again_and_resumes(results, tmp_path):
     proc = start_submit(spec_file(tmp_path, epochs=3))
     seen: list[str] = []
@@ -95,6 +97,7 @@ def test_killed_local_job_is_submitted_again_and_resumes(results, tmp_path):
     assert con.execute("SELECT count(*) FROM pretrain").fetchone()[0] == 1
 
 
+@pytest.mark.slow
 def test_jobs_of_a_killed_submitter_are_stopped(results, tmp_path):
     proc = start_submit(spec_file(tmp_path, epochs=500))
     seen: list[str] = []

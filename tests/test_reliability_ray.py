@@ -18,6 +18,8 @@ from tests_util import HARNESS
 
 from harness import config, orphans, store, sweep
 
+pytestmark = pytest.mark.slow  # every test starts a local Ray and a sweep
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:

@@ -217,6 +217,7 @@ def _headless(exe: str, profile: Path, *args: str) -> subprocess.CompletedProces
     return r
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(report, tmp_path):
     exe = _chromium()
     page = report["html"]

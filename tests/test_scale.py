@@ -15,7 +15,7 @@ from tests_util import HARNESS
 
 from harness import config, launch, ledger
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 BASE = dict(arch="resnet_tiny", dataset="digits", limit=100, epochs=1)
 AXES = dict(loss=["ce", "label_smoothing", "mse", "supcon"], augment=["none", "weak", "strong"])

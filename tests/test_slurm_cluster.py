@@ -14,7 +14,7 @@ import submitit
 
 from harness import config, launch
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 

@@ -67,6 +67,7 @@ def tables(root: Path) -> dict[str, list[tuple]]:
     return {k: con.execute(v).fetchall() for k, v in q.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.ray
 def test_reduced_study_on_slurm_then_rerun_adds_nothing(slurm_cluster, results, tmp_path):
@@ -119,6 +120,7 @@ def test_reduced_study_on_slurm_then_rerun_adds_nothing(slurm_cluster, results, 
     del t0
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_interrupted_run_completes_with_the_same_tables(tmp_path):
     spec_dict = dict(REDUCED, name="intr", executor="local")
@@ -190,6 +192,7 @@ def test_cpu_spec_is_sized_for_verdicts():
     assert len(spec.downstream) >= 2 and {p["dataset"] for p in points} == set(spec.downstream)
 
 
+@pytest.mark.slow
 def test_bad_study_spec_one_line(tmp_path):
     bad = dict(REDUCED, downstream=["nope"])
     r = subprocess.run([HARNESS, "run", str(write(tmp_path, bad))], capture_output=True, text=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import yaml
 from tests_util import HARNESS
 
-from harness import models, store
+from harness import models, progress, store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +63,29 @@ FINETUNE_COLUMNS = (
 )
 
 
+PROGRESS = re.compile(r"progress: (\d+)/(\d+) trials finished \((\d+) failed\), (\d+) running, ")
+
+
+def progress_counts(stdout: str) -> list[tuple[int, int, int, int]]:
+    """(finished, total, failed, running) of each progress line of a sweep, checked to sit
+    between its "ray: local" and "ran N trials" lines and to end at N trials finished, with
+    the failures that line counts; not piped to a terminal, they are plain lines."""
+    lines = stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("ray: local"))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("ran "))
+    found = [(i, PROGRESS.match(ln)) for i, ln in enumerate(lines) if ln.startswith("progress:")]
+    assert found and all(m for _, m in found), stdout
+    assert all(start < i < end for i, _ in found), stdout
+    counts = [tuple(int(g) for g in m.groups()) for _, m in found]
+    ran = re.match(r"ran (\d+) trials: .*?(\d+) failed", lines[end])
+    n, failed = int(ran.group(1)), int(ran.group(2))
+    assert counts[-1] == (n, n, failed, 0), (counts, lines[end])
+    assert "took " in lines[found[-1][0]] and "\r" not in stdout
+    grows = zip(counts, counts[1:], strict=False)  # finished and failed never go down
+    assert all(a[0] <= b[0] and a[2] <= b[2] for a, b in grows), counts
+    return counts
+
+
 def finetune_rows(root, columns: str = FINETUNE_COLUMNS) -> list[dict]:
     con = store.connect(root)
     cur = con.execute(f"SELECT {columns} FROM finetune ORDER BY method")
@@ -68,6 +93,7 @@ def finetune_rows(root, columns: str = FINETUNE_COLUMNS) -> list[dict]:
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_local_ray_sweep_records_every_trial_once(results, tmp_path, checkpoint):
     spec = spec_file(
@@ -85,6 +111,7 @@ def test_local_ray_sweep_records_every_trial_once(results, tmp_path, checkpoint)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]  # some trials failed
     assert "6 trials in t: 6 to run" in r.stdout
     assert "4 done, 2 failed" in r.stdout
+    assert progress_counts(r.stdout)[-1] == (6, 6, 2, 0)
     rows = finetune_rows(results)
     assert len(rows) == 6 and len({row["trial_id"] for row in rows}) == 6
     done = [row for row in rows if row["status"] == "done"]
@@ -114,6 +141,7 @@ def test_local_ray_sweep_records_every_trial_once(results, tmp_path, checkpoint)
     assert sorted(p.name for p in results.rglob("part-*.parquet")) == before
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_asha_records_stopped_and_finished_trials_once(results, tmp_path, checkpoint):
     spec = spec_file(
@@ -135,11 +163,13 @@ def test_asha_records_stopped_and_finished_trials_once(results, tmp_path, checkp
     epochs = {row["trial_id"]: row["epochs"] for row in finetune_rows(results, "trial_id, epochs")}
     assert all(epochs[row["trial_id"]] < 4 for row in stopped)
     assert f"{len(stopped)} stopped early by ASHA" in r.stdout
+    assert progress_counts(r.stdout)[-1] == (6, 6, 0, 0)  # a stopped trial has finished
     again = harness("sweep", str(spec))
     assert again.returncode == 0 and "0 to run, 6 recorded" in again.stdout, again.stdout
     assert not list((results / "ray").rglob("running/*.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_layer_auto_picks_lowest_nc1_on_the_trials_own_samples(results, tmp_path, checkpoint):
     from harness import data, finetune
@@ -170,6 +200,7 @@ def test_layer_auto_picks_lowest_nc1_on_the_trials_own_samples(results, tmp_path
     ), why
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "grid, words",
     [
@@ -188,6 +219,7 @@ def test_bad_sweep_specs_start_nothing(results, tmp_path, checkpoint, grid, word
     assert not store.parts("finetune", results)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.ray
 def test_ray_on_slurm_runs_trials_on_both_nodes(slurm_cluster, results, tmp_path, checkpoint):
@@ -207,3 +239,86 @@ def test_ray_on_slurm_runs_trials_on_both_nodes(slurm_cluster, results, tmp_path
         "SELECT count(*), count(DISTINCT node) FROM finetune WHERE status = 'done'"
     ).fetchone()
     assert n == 4 and nodes == 2, text[-3000:]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_progress_plain_lines_at_each_tenth_a_heartbeat_and_the_end():
+    clock, lines = Clock(), []
+    p = progress.Progress(20, lines.append, tty=False, clock=clock)
+    p.update(0, 0, 2)
+    assert lines == ["progress: 0/20 trials finished (0 failed), 2 running, 0.00 trials/min, ETA ?"]
+    clock.t = 1.0
+    p.update(2, 0, 2)  # a new tenth, but within min_interval of the last line
+    clock.t = 12.0
+    p.update(1, 0, 2)  # due, but neither a new tenth nor a heartbeat
+    assert len(lines) == 1
+    p.update(2, 1, 2)  # a new tenth
+    assert (
+        lines[-1]
+        == "progress: 2/20 trials finished (1 failed), 2 running, 10.0 trials/min, ETA 1m48s"
+    )
+    clock.t = 41.0
+    p.update(3, 1, 2)  # same tenth: nothing until the heartbeat (30 s after the last line)
+    clock.t = 42.0
+    p.update(3, 1, 2)
+    assert len(lines) == 3 and lines[-1].startswith("progress: 3/20 ")
+    clock.t = 60.0
+    p.update(20, 1, 0)  # all finished: the final line follows
+    assert len(lines) == 3
+    p.update(20, 1, 0, final=True)  # the end: always, once
+    p.update(20, 1, 0, final=True)
+    assert (
+        lines[-1]
+        == "progress: 20/20 trials finished (1 failed), 0 running, 20.0 trials/min, took 1m00s"
+    )
+    assert len(lines) == 4
+
+
+def test_progress_on_a_terminal_rewrites_one_line(capsys):
+    clock = Clock()
+    p = progress.Progress(4, tty=True, clock=clock)
+    for t, done in [(0.0, 0), (0.5, 1), (2.0, 1), (4.0, 2)]:
+        clock.t = t
+        p.update(done, 0, 1)  # every min_interval, tenths or not
+    p.close()  # stopped before the end: the line is ended
+    out = capsys.readouterr().out
+    assert out.count("\r") == 3 and out.endswith("\x1b[K\n") and out.count("\n") == 1
+    assert "progress: 2/4 trials finished (0 failed), 1 running, 30.0 trials/min, ETA 4s" in out
+    p = progress.Progress(4, tty=True, clock=clock)
+    with progress.reporting(p):
+        p.update(4, 0, 0, final=True)
+    assert capsys.readouterr().out.count("\n") == 1  # the final line ends itself; close adds none
+
+
+def test_tunes_restore_warning_is_hidden_and_its_other_warnings_are_not(monkeypatch):
+    from ray import tune
+
+    from harness import sweep
+
+    seen = []
+    monkeypatch.setattr(tune.Tuner, "can_restore", staticmethod(lambda path: True))
+    monkeypatch.setattr(tune.Tuner, "restore", staticmethod(lambda *a, **k: seen.append(a)))
+    spec = type("Spec", (), dict(cpus_per_trial=1))()
+    trial = dict(trial=dict(epochs=1), trial_id="a", run_id="r", arch="x", layer_choice=None)
+    sweep._tuner(spec, Path("."), Path("exp"), [dict(trial, checkpoint="c", rows=0)], print)
+    assert seen  # the restore path, which installs the filter
+    log, got = logging.getLogger(sweep.RESTORE_NOISE[0]), []
+    handler = logging.Handler()  # Ray's loggers do not propagate to the root (caplog)
+    handler.emit = lambda record: got.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        log.warning("Failed to fetch metrics for 2 trial(s):\n- t_00000: FileNotFoundError(...)")
+        log.warning("Trials did not complete")
+    finally:
+        log.removeHandler(handler)
+        log.removeFilter(sweep._not_restore_noise)
+    assert got == ["Trials did not complete"]

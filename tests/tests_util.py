@@ -21,3 +21,13 @@ def nc_row(**kw):
     )
     row.update(kw)
     return row
+
+
+# The smallest valid study spec (one tiny run, one downstream set, one linear probe).
+STUDY_SPEC = """\
+name: st
+executor: local
+pretrain: {base: {arch: resnet_tiny, dataset: digits, epochs: 1}}
+downstream: [digits]
+finetune: {base: {dataset: digits, method: linear_probe, epochs: 1}}
+"""

@@ -11,19 +11,20 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness import store
-from harness.analysis.plots import scatter_plot
+from harness.analysis.plots import FIGURE_SUFFIXES, scatter_plot
 from harness.analysis.scores import SCORES, combine_parts
 from harness.analysis.stats import _missing, group_stats
 from harness.analysis.tables import Table, correlation_table
 from harness.analysis.views import LAYER_COLUMNS, VIEW_KEYS, _db_error, view_sql
 from harness.errors import HarnessError
+from harness.fileio import check_path
 
 _NUMERIC = re.compile(r"^(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DOUBLE|FLOAT|REAL|DECIMAL)", re.I)
 
@@ -61,6 +62,7 @@ class Correlation:
     ci: float = 0.95
     n_boot: int = 1000
     seed: int = 0
+    left_out: list[store.Damage] = field(default_factory=list)  # damaged parts not read
 
     def table(self) -> Table:
         return correlation_table(self.rows)
@@ -86,6 +88,7 @@ class Correlation:
         keys = ("x", "y", "by", "level", "where", "ci", "n_boot", "seed")
         doc = {k: getattr(self, k) for k in keys}
         doc["rows"] = [{k: _json_value(v) for k, v in r.items()} for r in self.rows]
+        doc["left_out"] = [str(d.path) for d in self.left_out]
         return doc
 
 
@@ -120,15 +123,20 @@ def correlate(
     by = [b.strip() for b in by if b and b.strip()]
     if level is None:
         level = "layer" if {x, y, *by} & set(LAYER_COLUMNS) else "model"
-    records, virtual = _select(base, x, y, by, where, level, split, scope)
+    left_out: list[store.Damage] = []
+    records, virtual = _select(base, x, y, by, where, level, split, scope, left_out)
     records = _combine_scores(records, virtual, x, y, by)
     rows, points = group_stats(records, x, y, by, pool=pool, n_boot=n_boot, seed=seed, ci=ci)
     if not sum(len(p[0]) for p in points.values()):
         cond = f" where {where}" if where else ""
         raise HarnessError(
-            f"no rows match: no {level}-level row{cond} has both {x} and {y}", code=1
+            f"no rows match: no {level}-level row{cond} has both {x} and {y}"
+            + (f" ({store.left_out_line(left_out)})" if left_out else ""),
+            code=1,
         )
-    return Correlation(x, y, by, level, where, rows, points, ci=ci, n_boot=n_boot, seed=seed)
+    return Correlation(
+        x, y, by, level, where, rows, points, ci=ci, n_boot=n_boot, seed=seed, left_out=left_out
+    )
 
 
 def _select(
@@ -140,30 +148,57 @@ def _select(
     level: str,
     split: str,
     scope: Sequence[str] | None = None,
+    left_out: list[store.Damage] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """The rows of the view that ``where`` selects, with the columns the correlation needs, in a
-    fixed order (the bootstrap draws index rows); and the multi-part scores among the columns."""
+    fixed order (the bootstrap draws index rows); and the multi-part scores among the columns.
+    Damaged parts the connection left out are added to ``left_out``."""
     import duckdb
 
-    con = store.connect(base, scope=scope)
+    con = store.connect(base, scope=scope, left_out=left_out)
     try:
         view = view_sql(con, level, split)
         columns, virtual = _resolve(con, view, x, y, by, level)
         keys = VIEW_KEYS[level]
         need = list(dict.fromkeys([*by, *keys, *virtual.get(x, [x]), *virtual.get(y, [y])]))
+        if where:
+            _check_where(where)
         sql = (
             f"SELECT {', '.join(need)} FROM ({view}) v"
-            + (f" WHERE {where}" if where else "")
+            + (f" WHERE ({where})" if where else "")
             + f" ORDER BY {', '.join(keys)}"
         )
         try:
             cur = con.execute(sql)
         except duckdb.Error as e:
-            raise HarnessError(f"--where: {_db_error(e)}; columns: {', '.join(columns)}") from None
+            msg = f"--where {where!r}: {_db_error(e)}; columns: {', '.join(columns)}"
+            raise HarnessError(msg) from None
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()], virtual
     finally:
         con.close()
+
+
+def _check_where(where: str) -> None:
+    """Parse the ``--where`` fragment on its own first, so that a mistake in it is reported
+    against the user's text (not the generated query around it), and so that it can only be one
+    condition: a clause (``ORDER BY``), a second statement or an unbalanced parenthesis that
+    would reach into the query around it is refused."""
+    import duckdb
+
+    for sql in (f"SELECT 1 WHERE {where}", f"SELECT 1 WHERE ({where})"):
+        try:
+            n = len(duckdb.extract_statements(sql))
+        except duckdb.Error as e:
+            raise HarnessError(f"--where {where!r}: {_db_error(e)}") from None
+        if n != 1:
+            break
+    else:
+        return
+    raise HarnessError(
+        f"--where {where!r}: not one condition; give a boolean expression over the view's "
+        "columns, e.g. \"arch = 'resnet_tiny' AND epochs >= 3\""
+    )
 
 
 def _resolve(
@@ -232,18 +267,25 @@ def run_correlate(
     plot: str | os.PathLike | None = None,
     fmt: str = "markdown",
     out: Any = None,
+    allow_damaged: bool = False,
     **options: Any,
 ) -> int:
     """`harness correlate`: print the statistics (Markdown table or JSON), draw the scatter.
-    ``options`` are those of ``correlate`` (by, where, level, split, root, n_boot, seed, ci)."""
+    ``options`` are those of ``correlate`` (by, where, level, split, root, n_boot, seed, ci).
+    Over a damaged store the output says so first and last, and the exit is 1 unless
+    ``allow_damaged``."""
     import json
     import sys
 
     out = out or sys.stdout
+    if plot:  # before the work: a bad path is one line, not a traceback after the table
+        check_path(plot, "file", "--plot", FIGURE_SUFFIXES)
     corr = correlate(x, y, **options)
     if fmt == "json":
         out.write(json.dumps(corr.document(), indent=1) + "\n")
     elif fmt == "markdown":
+        if corr.left_out:
+            out.write(f"**{store.damage_banner(corr.left_out)}**\n\n")
         out.write(corr.summary() + "\n\n")
         out.write(corr.table().markdown())
     else:
@@ -251,4 +293,5 @@ def run_correlate(
     if plot:
         path = corr.plot(plot)
         print(f"wrote {path}", file=sys.stderr)
+    store.check_left_out(corr.left_out, "correlation", allow_damaged)
     return 0

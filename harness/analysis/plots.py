@@ -2,7 +2,8 @@
 depth, accuracy vs trainable parameters.
 
 matplotlib with the Agg backend, imported only when a figure is drawn, so that the package and
-the CLI load without it. Each function writes one PNG and returns its path.
+the CLI load without it. Each function writes one figure (PNG, or as its name's extension in
+``FIGURE_SUFFIXES`` says), atomically, and returns its path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from harness.analysis.stats import _missing
 from harness.analysis.tables import VERDICT_COLORS
+from harness.fileio import atomic_write
 
 if TYPE_CHECKING:
     from harness.analysis.findings import Finding
@@ -30,12 +32,19 @@ def _pyplot() -> Any:
     return plt
 
 
+# the figure formats a plot path may name (matplotlib's Agg backend writes each of them)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def _save(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` in the format its extension names (PNG without one), through a
+    temporary, so that a failed save leaves no partial figure."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix[1:].lower() or "png"
     try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path
@@ -331,8 +340,13 @@ def fraction_plot(records: Sequence[Mapping[str, Any]], path: str | os.PathLike)
         Line2D([], [], color=shades[b], lw=2, label=budget_label(x)) for b, x in enumerate(budgets)
     ]
     handles += [Line2D([], [], ls="", marker=markers[m], color="k", label=m) for m in methods]
-    fig.legend(
-        handles=handles, loc="upper center", ncol=min(len(handles), 8), fontsize=8, frameon=False
-    )
+    if handles:  # none when no trial has a trainable-parameter count (matplotlib needs ncol >= 1)
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            ncol=min(len(handles), 8),
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     return _save(fig, path)

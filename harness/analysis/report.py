@@ -42,7 +42,7 @@ from harness.analysis.tables import (
     records_table,
     verdict_slug,
 )
-from harness.analysis.views import _fetch, load_sql, with_common
+from harness.analysis.views import _fetch, read_sql, with_common
 from harness.errors import HarnessError
 from harness.fileio import atomic_write_text
 
@@ -88,10 +88,11 @@ class ReportContext:
         )
 
     def query(self, sec: Section, name: str) -> list[dict[str, Any]]:
-        """The records of query ``name`` (``query_text``), recorded on the section."""
-        where, sql = query_text(name)
-        sec.queries.append((where, sql))
-        return _fetch(self.con, sql)
+        """The records of query ``name`` (``query_text``), run after the shared CTEs; the
+        section records its own text (the report prints the shared block once)."""
+        where, own = query_text(name, shared=False)
+        sec.queries.append((where, own))
+        return _fetch(self.con, with_common(own))
 
 
 NO_DATA = "no data yet"
@@ -116,11 +117,14 @@ ORDER BY arch, loss, run_id""",
 }
 
 
-def query_text(name: str) -> tuple[str, str]:
-    """(where the query is kept, its complete text): ``INLINE_SQL`` or ``analysis/<name>.sql``."""
+def query_text(name: str, *, shared: bool = True) -> tuple[str, str]:
+    """(where the query is kept, its text): ``INLINE_SQL`` or ``analysis/<name>.sql``; complete
+    (the shared CTEs of ``analysis/common.sql`` in front) unless ``shared=False``."""
     if name in INLINE_SQL:
-        return f"harness/analysis/report.py INLINE_SQL[{name!r}]", with_common(INLINE_SQL[name])
-    return f"analysis/{name}.sql", load_sql(name)
+        where, own = f"harness/analysis/report.py INLINE_SQL[{name!r}]", INLINE_SQL[name]
+    else:
+        where, own = f"analysis/{name}.sql", read_sql(name)
+    return where, with_common(own) if shared else own.strip()
 
 
 # The title and introduction of each section.
@@ -388,9 +392,14 @@ def _ordered(s: Section) -> list[tuple[str, Any]]:
 TITLE = "Neural collapse and transfer: report"
 
 
-def render_markdown(sections: Sequence[Section], header: str = "") -> str:
-    """report.md: the sections with relative figure links; long tables and the SQL folded."""
-    parts = [f"# {TITLE}\n\n", header + "\n" if header else ""]
+def render_markdown(sections: Sequence[Section], header: str = "", alert: str = "") -> str:
+    """report.md: the sections with relative figure links; long tables and the SQL folded;
+    ``alert`` (a damaged store) stands above everything."""
+    parts = [
+        f"# {TITLE}\n\n",
+        f"> **{alert}**\n\n" if alert else "",
+        header + "\n" if header else "",
+    ]
     for i, s in enumerate(sections, 1):
         parts.append(f"\n## {i}. {s.title}\n\n")
         if s.intro:
@@ -408,9 +417,27 @@ def render_markdown(sections: Sequence[Section], header: str = "") -> str:
                     f"<details><summary>{t.caption}</summary>\n\n{t.markdown()}\n</details>\n\n"
                 )
         for where, sql in s.queries:
-            parts.append(f"SQL (`{where}`, after the shared CTEs of `analysis/common.sql`):\n\n")
+            parts.append(f"SQL (`{where}`, run after the [shared SQL](#{SHARED_ID})):\n\n")
             parts.append(f"```sql\n{sql.strip()}\n```\n\n")
+    shared = _shared_sql(sections)
+    if shared:
+        parts.append(f"\n<a id='{SHARED_ID}'></a>\n\n## {SHARED_TITLE}\n\n{SHARED_NOTE}\n\n")
+        parts.append(f"```sql\n{shared}\n```\n")
     return "".join(parts)
+
+
+SHARED_ID = "shared-sql"
+SHARED_TITLE = "Shared SQL (analysis/common.sql)"
+SHARED_NOTE = (
+    "The CTEs every query above runs after, printed once. To run a query with harness query, "
+    "put this block first and the query after it (a query's own WITH then becomes a comma)."
+)
+
+
+def _shared_sql(sections: Sequence[Section]) -> str | None:
+    """The shared CTEs the sections' queries ran after (``with_common``); None when no section
+    ran a query."""
+    return "WITH\n" + read_sql("common").strip() if any(s.queries for s in sections) else None
 
 
 def _css() -> str:
@@ -439,9 +466,12 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def render_html(sections: Sequence[Section], header: str = "", folder: Path | None = None) -> str:
+def render_html(
+    sections: Sequence[Section], header: str = "", folder: Path | None = None, alert: str = ""
+) -> str:
     """report.html: self-contained (inline CSS; figures from ``folder`` embedded as data URIs,
-    else linked by name); long tables and the SQL folded."""
+    else linked by name); long tables and the SQL folded; ``alert`` (a damaged store) stands
+    above everything."""
     esc = html.escape
 
     def img(name: str, alt: str) -> str:
@@ -452,6 +482,11 @@ def render_html(sections: Sequence[Section], header: str = "", folder: Path | No
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(TITLE)}</title>"
         f"<style>{_css()}</style></head><body>\n<h1>{esc(TITLE)}</h1>\n"
     ]
+    if alert:
+        parts.append(
+            "<p role='alert' style='background:#ffebe9;border:1px solid #cf222e;padding:.5em "
+            f".8em;font-weight:bold'>{esc(alert)}</p>\n"
+        )
     if header:
         parts.append(f"<p class='meta'>{esc(header)}</p>\n")
     links = "".join(
@@ -473,9 +508,17 @@ def render_html(sections: Sequence[Section], header: str = "", folder: Path | No
                 parts.append(f"<details><summary>{esc(t.caption)}</summary>{t.html()}</details>\n")
         for where, sql in s.queries:
             parts.append(
-                f"<details><summary>SQL ({esc(where)})</summary>"
+                f"<details><summary>SQL ({esc(where)}, run after the "
+                f"<a href='#{SHARED_ID}'>shared SQL</a>)</summary>"
                 f"<pre><code>{esc(sql.strip())}</code></pre></details>\n"
             )
+    shared = _shared_sql(sections)
+    if shared:
+        parts.append(
+            f"<h2 id='{SHARED_ID}'>{esc(SHARED_TITLE)}</h2>\n<p>{esc(SHARED_NOTE)}</p>\n"
+            f"<details><summary>the shared CTEs</summary><pre><code>{esc(shared)}</code></pre>"
+            "</details>\n"
+        )
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -483,9 +526,12 @@ def render_html(sections: Sequence[Section], header: str = "", folder: Path | No
 DEFAULT_REPORT_DIR = Path("reports") / "latest"
 
 
-def _connect(base: Path, scope: Sequence[str] | None) -> Any:
-    """The one connection the report reads through: the study's rows only when ``scope``."""
-    return store.connect(base, scope=scope)
+def _connect(
+    base: Path, scope: Sequence[str] | None, left_out: list[store.Damage] | None = None
+) -> Any:
+    """The one connection the report reads through: the study's rows only when ``scope``; the
+    damaged parts it leaves out are added to ``left_out``."""
+    return store.connect(base, scope=scope, left_out=left_out)
 
 
 def write_report(
@@ -501,7 +547,8 @@ def write_report(
     """Write ``report.md``, ``report.html`` and the PNG figures to ``out`` (default
     ./reports/latest). ``findings`` come first (table and forest plot); ``scope``: the study's
     pre-training run ids, the only runs read (None: every run in the root). Returns the paths
-    ({'markdown', 'html', 'figures'}). An empty store: HarnessError (code 1)."""
+    ({'markdown', 'html', 'figures'}) and the damaged parts left out ('left_out', named at the
+    top of the page). An empty store: HarnessError (code 1)."""
     import datetime as dt
 
     base = store.results_root(root)
@@ -509,7 +556,8 @@ def write_report(
         raise HarnessError(f"no results under {base}", code=1)
     out = Path(out) if out else DEFAULT_REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    con = _connect(base, scope)
+    left_out: list[store.Damage] = []
+    con = _connect(base, scope, left_out)
     try:
         sections = build_sections(ReportContext(con, out, n_boot=n_boot, seed=seed, ci=ci))
     finally:
@@ -523,9 +571,11 @@ def write_report(
         f"(correlations: bootstrap percentile, {n_boot} resamples, seed {seed})."
     )
     md, page = out / "report.md", out / "report.html"
-    atomic_write_text(md, render_markdown(sections, header))
-    atomic_write_text(page, render_html(sections, header, folder=out))
-    return dict(markdown=md, html=page, figures=[out / f for s in sections for f in s.figures])
+    alert = store.damage_banner(left_out) if left_out else ""
+    atomic_write_text(md, render_markdown(sections, header, alert))
+    atomic_write_text(page, render_html(sections, header, folder=out, alert=alert))
+    figures = [out / f for s in sections for f in s.figures]
+    return dict(markdown=md, html=page, figures=figures, left_out=left_out)
 
 
 def run_report(
@@ -534,8 +584,11 @@ def run_report(
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    allow_damaged: bool = False,
 ) -> int:
-    """`harness report`: write the report and print where it went."""
+    """`harness report`: write the report and print where it went; over a damaged store the
+    last line says so and the exit is 1 unless ``allow_damaged``."""
     paths = write_report(root, out, n_boot=n_boot, seed=seed)
     print(f"wrote {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")
+    store.check_left_out(paths["left_out"], "report", allow_damaged)
     return 0

@@ -4,31 +4,54 @@ Every writer (job, trial, attempt) writes its own part (``append``): to a hidden
 an atomic rename, so readers never see a torn file and concurrent writers never contend. There
 is no shared database file: DuckDB reads the live parts through views (``union_by_name`` so that
 tables may gain columns). ``compact`` merges many small parts into one sorted part without a
-reader ever seeing a row twice or not at all (``harness.store.parts`` has the protocol).
+reader ever seeing a row twice or not at all (``harness.store.parts`` has the protocol); the
+parts it replaced are kept, checksummed in its manifest, until ``vacuum``.
 
 Modules: ``schema`` (tables, validation), ``parts`` (layout, writing, snapshots, compaction),
-``read`` (DuckDB views, bulk look-ups), ``provenance`` (run ids, ``runs`` rows). This package
-knows nothing of torch, Ray or SLURM.
+``read`` (DuckDB views, bulk look-ups), ``provenance`` (run ids, ``runs`` rows, paths in rows
+relative to the root). This package knows nothing of torch, Ray or SLURM.
 """
 
-from harness.store.health import QUARANTINE, Damage, quarantine
+from harness.store.health import (
+    QUARANTINE,
+    Damage,
+    Fix,
+    Restored,
+    check_left_out,
+    damage_banner,
+    left_out_line,
+    quarantine,
+    repair,
+    restore,
+    strays,
+)
 from harness.store.health import scan as scan_damage
 from harness.store.parts import (
     COMPACT_DIR,
+    DEFAULT_RETENTION_DAYS,
     DEFAULT_ROOT,
+    KEPT_DIR,
     RESULTS_ENV,
     Compaction,
+    FileSum,
+    Manifest,
     Snapshot,
+    Vacuum,
     append,
     compact,
     compact_tables,
     compaction_line,
     has_results,
     is_missing_file_error,
+    kept_dir,
     parts,
+    read_manifest,
     results_root,
     retrying,
+    sha256_file,
     snapshot,
+    vacuum,
+    vacuum_tables,
 )
 from harness.store.provenance import (
     Provenance,
@@ -36,7 +59,9 @@ from harness.store.provenance import (
     git_state,
     package_versions,
     record_run,
+    resolve_path,
     run_id,
+    store_path,
     utcnow,
 )
 from harness.store.read import (
@@ -54,8 +79,26 @@ from harness.store.schema import SCHEMAS, SORT_KEYS, TABLES, StoreError, sql_typ
 __all__ = [
     "QUARANTINE",
     "Damage",
+    "Fix",
+    "Restored",
+    "check_left_out",
+    "damage_banner",
+    "left_out_line",
     "quarantine",
+    "repair",
+    "restore",
     "scan_damage",
+    "strays",
+    "DEFAULT_RETENTION_DAYS",
+    "KEPT_DIR",
+    "FileSum",
+    "Manifest",
+    "Vacuum",
+    "kept_dir",
+    "read_manifest",
+    "sha256_file",
+    "vacuum",
+    "vacuum_tables",
     "reading",
     "COMPACT_DIR",
     "DEFAULT_ROOT",
@@ -85,10 +128,12 @@ __all__ = [
     "package_versions",
     "parts",
     "record_run",
+    "resolve_path",
     "results_root",
     "retrying",
     "run_id",
     "snapshot",
+    "store_path",
     "sql_type",
     "utcnow",
     "validate_rows",

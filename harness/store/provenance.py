@@ -1,5 +1,5 @@
 """Provenance: run ids (hash of the canonical config), git state, package versions, SLURM ids;
-one ``runs`` row per attempt."""
+one ``runs`` row per attempt; and how rows record files (``store_path``, ``resolve_path``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.store.parts import append
+from harness.store.parts import append, results_root
 
 
 def canonical_json(config: Mapping[str, Any]) -> str:
@@ -153,5 +153,32 @@ class Provenance:
 def record_run(
     prov: Provenance, status: str, root: str | os.PathLike | None = None, **kw: Any
 ) -> Path | None:
-    """Append the provenance row of one attempt to ``runs``."""
+    """Append the provenance row of one attempt to ``runs`` (its ``log_path`` as ``store_path``
+    records it)."""
+    if kw.get("log_path"):
+        kw["log_path"] = store_path(kw["log_path"], root)
     return append("runs", [prov.row(status, **kw)], root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths in rows
+
+
+def store_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """How a row records a file: relative to the results root when the file lies under it (so a
+    root copied or moved elsewhere still finds its own checkpoints and logs), else absolute.
+    A relative ``path`` is taken from the working directory, as a user typed it."""
+    p = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(results_root(root)))
+    for file, under in ((p, base), (p.resolve(), base.resolve())):  # then through symlinks
+        if file.is_relative_to(under) and file != under:
+            return file.relative_to(under).as_posix()
+    return str(p)
+
+
+def resolve_path(stored: str, root: str | os.PathLike | None = None) -> Path:
+    """The file a stored path names: a relative one against the results root it is read from
+    (wherever that root now lives), an absolute one (a file outside the root, or a row written
+    before paths were stored relative) as it is."""
+    p = Path(stored)
+    return p if p.is_absolute() else Path(os.path.abspath(results_root(root))) / p

@@ -50,31 +50,50 @@ def _checked_view(con: Any, table: str, files: list[Path]) -> list[Damage]:
 
     try:
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {_view_sql(table, files)}")
-        if not files or view_fits(table, con.execute(f"DESCRIBE {table}").fetchall()):
+        described = con.execute(f"DESCRIBE {table}").fetchall() if files else []
+        if not files or view_fits(table, described):
+            _fill_missing(con, table, files, described)
             return []
     except duckdb.Error as e:
         if is_missing_file_error(e):
             raise  # a compaction replaced parts under us: not damage, read a fresh snapshot
     bad = scan_files(table, files)
     gone = [d.path for d in bad if not d.path.exists()]
-    if gone:  # deleted by a compaction while we looked: a fresh snapshot has their rows
+    if gone:  # moved by a compaction while we looked: a fresh snapshot has their rows
         raise FileNotFoundError(f"No such file: {gone[0]}")
     drop = {d.path for d in bad}
     good = [f for f in files if f not in drop]
     con.execute(f"CREATE OR REPLACE VIEW {table} AS {_view_sql(table, good)}")
+    if good:
+        _fill_missing(con, table, good, con.execute(f"DESCRIBE {table}").fetchall())
     return bad
 
 
+def _fill_missing(con: Any, table: str, files: list[Path], described: list[tuple]) -> None:
+    """Declared columns that no part has (a store written before the column existed) read as
+    NULL, so that queries written for today's schema bind over an older store too."""
+    have = {row[0] for row in described}
+    missing = [f for f in SCHEMAS[table] if f.name not in have]
+    if files and missing:
+        cols = "".join(f", CAST(NULL AS {sql_type(f.type)}) AS {f.name}" for f in missing)
+        sql = f"SELECT *{cols} FROM ({_view_sql(table, files)})"
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {sql}")
+
+
 # What a scoped view keeps of each table (``connect(scope=...)``): the rows of the scope's
-# pre-training runs, of their fine-tuning trials, and the NC rows of either or of their
-# checkpoints. Tables are scoped in this order, so the nc filter reads the scoped views.
+# pre-training runs, of their fine-tuning trials, and the NC rows of either or measured from
+# their checkpoints (by the run id a checkpoint records). Tables are scoped in this order, so
+# the nc filter reads the scoped views.
 SCOPE_FILTERS: dict[str, str] = {
     "runs": "run_id IN (SELECT run_id FROM _scope)",
     "pretrain": "run_id IN (SELECT run_id FROM _scope)",
     "scores": "run_id IN (SELECT run_id FROM _scope)",
     "finetune": "run_id IN (SELECT run_id FROM _scope)",
     "nc": "run_id IN (SELECT run_id FROM _scope) OR run_id IN (SELECT trial_id FROM finetune) "
-    "OR checkpoint IN (SELECT checkpoint FROM pretrain WHERE checkpoint IS NOT NULL)",
+    "OR source_run_id IN (SELECT run_id FROM _scope) "
+    # rows that recorded no source run (written before the column): by checkpoint path
+    "OR (source_run_id IS NULL AND checkpoint IN "
+    "(SELECT checkpoint FROM pretrain WHERE checkpoint IS NOT NULL))",
 }
 
 
@@ -111,6 +130,7 @@ def connect(
     exclude: Iterable[Path] = (),
     warn_tables: Iterable[str] | None = None,
     scope: Sequence[str] | None = None,
+    left_out: list[Damage] | None = None,
 ):
     """A read-only, sandboxed DuckDB connection with one view per table over its live Parquet
     parts (a consistent snapshot: see ``harness.store.parts``).
@@ -124,23 +144,31 @@ def connect(
 
     ``scope`` (pre-training run ids): every view holds only that study's rows
     (``SCOPE_FILTERS``), so whatever is built on the connection reads one study, not the root.
+    ``left_out``: a list the damaged parts left out are added to (once each), for a caller
+    that must say its results lack their rows (``health.check_left_out``).
     """
     import duckdb
 
     base = results_root(root).resolve()
     wanted = set(tables or TABLES)
     skip = set(exclude)
-    live = {t: [p for p in parts(t, base) if p not in skip] if t in wanted else [] for t in TABLES}
+
+    def files(t: str) -> list[Path]:
+        return [p for p in parts(t, base) if p not in skip] if t in wanted else []
+
+    live = {t: files(t) for t in TABLES}
     tmpdir = tempfile.mkdtemp(prefix="harness-duckdb-")
     path = os.path.join(tmpdir, "views.duckdb")
     try:
         with duckdb.connect(path) as con:
             if any(live.values()) or (tables is not None and has_results(base)):
                 loud = set(TABLES if warn_tables is None else warn_tables)
-                for t in TABLES:
-                    for d in _checked_view(con, t, live[t]):
+                for t in TABLES:  # each view over a snapshot taken just before it binds,
+                    # and a fresh one if a compaction moved a part meanwhile
+                    for d in retrying(lambda t=t: _checked_view(con, t, files(t))):
                         if t in loud:
                             warn(d, base)
+                        _note(left_out, d)
             if scope is not None:
                 _apply_scope(con, scope)
         ro = duckdb.connect(path, read_only=True)
@@ -152,16 +180,24 @@ def connect(
     return ro
 
 
+def _note(left_out: list[Damage] | None, d: Damage) -> None:
+    """Add ``d`` to a caller's list of parts left out, once."""
+    if left_out is not None and all(x.path != d.path for x in left_out):
+        left_out.append(d)
+
+
 def reading(
     fn: Callable[[Any], T],
     root: str | os.PathLike | None,
     tables=None,
     warn_tables=None,
     scope: Sequence[str] | None = None,
+    left_out: list[Damage] | None = None,
 ) -> T:
-    """Run ``fn(connection)`` on a fresh snapshot: read again if a compaction deleted a part
+    """Run ``fn(connection)`` on a fresh snapshot: read again if a compaction moved a part
     under it, and leave out (with a warning) a part whose data turns out unreadable. ``scope``:
-    the connection's views hold one study's rows (see ``connect``)."""
+    the connection's views hold one study's rows; ``left_out``: gets the parts left out (see
+    ``connect``)."""
     import duckdb
 
     base = results_root(root).resolve()
@@ -169,7 +205,7 @@ def reading(
 
     def once() -> T:
         loud = warn_tables if warn_tables is not None else tables
-        con = connect(base, tables, exclude, loud, scope=scope)
+        con = connect(base, tables, exclude, loud, scope=scope, left_out=left_out)
         try:
             return fn(con)
         finally:
@@ -184,7 +220,9 @@ def reading(
                 raise
             exclude.add(bad)
             table = bad.parent.name if bad.parent.name != COMPACT_DIR else bad.parent.parent.name
-            warn(Damage(bad, table, f"unreadable data: {one_line(e)[:120]}"), base)
+            damage = Damage(bad, table, f"unreadable data: {one_line(e)[:120]}")
+            warn(damage, base)
+            _note(left_out, damage)
     raise AssertionError("unreachable")
 
 

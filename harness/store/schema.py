@@ -35,7 +35,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("attempt", pa.int64()),
             pa.field("host", pa.string()),
             pa.field("versions", pa.string()),  # JSON {package: version}
-            pa.field("log_path", pa.string()),
+            pa.field("log_path", pa.string()),  # relative to the results root (``store_path``)
             pa.field("error", pa.string()),
             # where a resumed attempt started: "last.pt epoch 3", "prev.pt epoch 2 (last.pt
             # unreadable: ...)", "scratch (no readable checkpoint: ...)"; null for a fresh run
@@ -61,6 +61,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("test_acc", pa.float64()),
             pa.field("final_loss", pa.float64()),
             pa.field("params", pa.int64()),
+            # ``checkpoints/<run id>/last.pt``: relative to the results root, so the path works
+            # from a copied or moved root (``store.resolve_path``); rows written before paths
+            # were stored relative hold absolute ones
             pa.field("checkpoint", pa.string()),
             pa.field("images_per_s", pa.float64()),  # training throughput of this attempt
             pa.field("wall_s", pa.float64()),
@@ -69,7 +72,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "nc": pa.schema(
         [
             pa.field("run_id", pa.string(), nullable=False),
-            pa.field("checkpoint", pa.string()),
+            pa.field("checkpoint", pa.string()),  # relative to the results root when under it
             pa.field("model", pa.string()),
             pa.field("dataset", pa.string(), nullable=False),
             pa.field("split", pa.string(), nullable=False),
@@ -82,13 +85,17 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("n", pa.int64(), nullable=False),
             pa.field("num_classes", pa.int64()),
             pa.field("dim", pa.int64()),
+            # the pre-training run whose features were measured, as its checkpoint records it:
+            # what attributes `harness measure` rows to a run (null: not a harness checkpoint,
+            # or a row written before the column; those fall back to the checkpoint path)
+            pa.field("source_run_id", pa.string()),
         ]
     ),
     "finetune": pa.schema(
         [
             pa.field("trial_id", pa.string(), nullable=False),
             pa.field("run_id", pa.string()),  # pre-training run of the checkpoint
-            pa.field("checkpoint", pa.string()),
+            pa.field("checkpoint", pa.string()),  # relative to the results root when under it
             pa.field("arch", pa.string()),
             pa.field("dataset", pa.string(), nullable=False),
             pa.field("method", pa.string(), nullable=False),
@@ -114,7 +121,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "scores": pa.schema(
         [
             pa.field("run_id", pa.string(), nullable=False),
-            pa.field("checkpoint", pa.string()),
+            pa.field("checkpoint", pa.string()),  # relative to the results root when under it
             pa.field("arch", pa.string()),
             pa.field("dataset", pa.string(), nullable=False),
             pa.field("layer", pa.string()),
