@@ -56,8 +56,8 @@ def pretrain(
     pre-trains its plain cross-entropy run of each architecture; returns
     ([{checkpoint, arch, run_id}], seconds)."""
     from harness import store
-    from harness.config import SubmitSpec
-    from harness.submit import submit
+    from harness.cluster.submit import submit
+    from harness.spec.config import SubmitSpec
 
     resources = dict(nodes=1, tasks_per_node=1, cpus_per_task=1, mem_gb=4, timeout_min=60)
     if study is None:
@@ -83,7 +83,7 @@ def pretrain(
 def study_ce_runs(study: str, archs: list[str]) -> dict[str, Any]:
     """The ``base`` and ``include`` of a study's pre-training that give its plain cross-entropy
     run (no augmentation, no projection head) of each of ``archs``, first listed wins."""
-    from harness.config import load_yaml
+    from harness.spec.config import load_yaml
 
     pre = load_yaml(study)["pretrain"]
     base = dict(pre.get("base", {}))

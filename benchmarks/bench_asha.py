@@ -3,7 +3,7 @@
 One pre-trained checkpoint (resnet_tiny, a few epochs on a seeded fashion_mnist subset, made as
 ``harness submit --executor local`` makes it), downstream ``digits``, methods ``linear_probe``
 and ``layer`` (block ``layer3``), a grid of learning rates (log-spaced) × weight decays × seeds,
-run twice through the harness's real Ray Tune sweep (``harness.sweep.run``), each in its own
+run twice through the harness's real Ray Tune sweep (``harness.cluster.sweep.run``), each in its own
 temporary results root: once with ``scheduler: none`` and once with ``scheduler: asha``
 (``grace_period`` 1, ``reduction_factor`` 3, ``max_t`` = the epochs), same seeds.
 
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 from _bench_util import pretrain, rows, temp_results, verdict
 
-from harness import sweep
-from harness.config import SweepSpec
+from harness.cluster import sweep
+from harness.spec.config import SweepSpec
 
 NAME = "bench-asha"
 

@@ -12,7 +12,9 @@ import tempfile
 
 import torch
 
-from harness import config, launch, pretrain
+from harness.cluster import launch
+from harness.spec import config
+from harness.train import pretrain
 
 
 def main() -> None:

@@ -37,8 +37,8 @@ def make_checkpoint(tmp: Path, random_init: bool, pretrain_epochs: int) -> tuple
     """(checkpoint path, how it was made)."""
     if not random_init:
         try:
-            from harness import pretrain
-            from harness.config import PretrainConfig
+            from harness.spec.config import PretrainConfig
+            from harness.train import pretrain
 
             cfg = PretrainConfig(
                 arch="resnet_tiny",

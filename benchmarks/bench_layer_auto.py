@@ -6,7 +6,7 @@ resnet_tiny and vit_tiny runs, pre-trained with ``benchmarks/quick.yaml``'s own 
 at the budget and epochs of its layer-wise arm (``per_class`` 50, 6 epochs). For each
 (checkpoint, dataset) pair:
 
-- the block ``layer: auto`` picks (``harness.sweep.auto_layer``: lowest NC1 of the pre-trained
+- the block ``layer: auto`` picks (``harness.cluster.sweep.auto_layer``: lowest NC1 of the pre-trained
   features on the trial's own budget samples, among the blocks SCL can use), and the seconds
   that choice took (the NC measurement; the data is decoded beforehand, outside every timing);
 - an SCL trial (``harness.finetune.run_trial``) per candidate block (the blocks ``auto`` chooses
@@ -41,8 +41,9 @@ from typing import Any
 import torch
 from _bench_util import pretrain, temp_results, verdict
 
-from harness import data, models, sweep
+from harness import data, models
 from harness import finetune as ft
+from harness.cluster import sweep
 
 
 def candidates(ckpt: str) -> list[str]:

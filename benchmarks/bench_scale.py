@@ -44,7 +44,7 @@ def run(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 
 def bench_submit(tmp: Path, n_runs: int, env: dict[str, str]) -> None:
-    from harness import ledger
+    from harness.cluster import ledger
 
     seeds = -(-n_runs // 24)
     spec = tmp / "grid.yaml"

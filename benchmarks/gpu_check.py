@@ -7,7 +7,7 @@ one run on this machine against a plain baseline of the same work.
     D x D float64 scatter, so it is GEMM-bound: about 2·D float64 FLOPs per feature value where the
     copy moves 8 bytes; on an H200 at D=1024 that bound is a ratio near 20 (the goal).
 (b) Pre-training: images/s of the project's training step (``harness.models.build_network``,
-    SGD, ``harness.losses.build_loss``, bf16 autocast on CUDA, the step of harness/pretrain.py)
+    SGD, ``harness.train.losses.build_loss``, bf16 autocast on CUDA, the step of harness/pretrain.py)
     vs a plain forward/backward loop on the same network and batch (same autocast, cross-entropy,
     no per-step host synchronisation). Ratio = ours / plain images/s. Data loading is not timed:
     the batch is already on the device.
@@ -117,7 +117,8 @@ def check_training(s: Sizes, device) -> tuple[float, str]:
     import torch
     import torch.nn.functional as F
 
-    from harness import losses, models
+    from harness import models
+    from harness.train import losses
 
     torch.manual_seed(0)
     net = models.build_network(s.arch, s.classes, s.chans, s.img).to(device).train()
@@ -184,7 +185,7 @@ def check_layers(s: Sizes, device) -> tuple[float, str]:
                 step(f, y)
 
     def ours() -> None:
-        # Mirrors harness.measure.measure_model (ncc off): pass 1 for every layer, pass 2 only
+        # Mirrors harness.nc.measure.measure_model (ncc off): pass 1 for every layer, pass 2 only
         # where a layer's accumulator is projected, then every layer's metrics.
         accs = {ly.name: NCAccumulator(s.classes) for ly in layers}
         feed(accs, second=False)

@@ -55,7 +55,7 @@ def _resolved(stored: str | None, root: Path) -> str | None:
 
 
 def stage_pretrain(spec: Any, root: Path, executor: str, echo: Echo) -> None:
-    from harness import submit
+    from harness.cluster import submit
 
     sub = spec.pretrain_spec()
     jobs = submit.submit(sub, executor, root=root, wait=False, echo=echo, cancel_on_interrupt=True)
@@ -68,7 +68,7 @@ def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -
     from rich.live import Live
     from rich.table import Table
 
-    from harness import ledger
+    from harness.cluster import ledger
 
     def snapshot() -> dict[str, int]:
         states = {r["run_id"]: r["status"] for r in ledger.run_states(root)}
@@ -116,7 +116,7 @@ def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -
 def stage_measure(spec: Any, root: Path, echo: Echo) -> None:
     """Per-layer NC of every checkpoint on every downstream dataset (source NC comes with
     pre-training)."""
-    from harness.measure import MeasureSpec, measure
+    from harness.nc.measure import MeasureSpec, measure
 
     todo = [(ck, ds) for ck in _checkpoints(spec, root) for ds in spec.downstream]
     new = 0
@@ -137,7 +137,7 @@ def stage_measure(spec: Any, root: Path, echo: Echo) -> None:
 
 
 def stage_sweep(spec: Any, root: Path, echo: Echo, address: str | None) -> None:
-    from harness import sweep
+    from harness.cluster import sweep
 
     if not _checkpoints(spec, root):
         raise HarnessError("no finished pre-training run to fine-tune", code=1)
@@ -296,7 +296,7 @@ def run(
     """`harness run`: every stage in order; each skips what the store says is done; first,
     what a killed earlier run left running is stopped (its local jobs by the pre-training
     stage). ``allow_damaged``: the report stage exits 0 over a damaged store."""
-    from harness import launch, orphans
+    from harness.cluster import launch, orphans
 
     base = store.results_root(root).resolve()
     requested = executor or (None if spec.executor == "auto" else spec.executor)

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
-    from harness.launch import slurm_reachable
+    from harness.cluster.launch import slurm_reachable
 
     if not slurm_reachable():
         msg = "local SLURM cluster is not up (run slurm/up)"

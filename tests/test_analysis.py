@@ -13,7 +13,8 @@ import scipy.optimize
 import scipy.stats
 from tests_util import HARNESS
 
-from harness import analysis, cli, query, store
+from harness import analysis, cli, store
+from harness.cli import output as query
 
 # ---------------------------------------------------------------------------------------------
 # Statistics

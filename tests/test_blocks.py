@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness import config, data, models, studyspec, sweep
+from harness import data, models
 from harness import finetune as ft
+from harness.cluster import sweep
 from harness.errors import HarnessError
-from harness.measure import measure_model
+from harness.nc.measure import measure_model
+from harness.spec import config
+from harness.spec import study as studyspec
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("resnet_tiny", "vit_tiny")

@@ -13,10 +13,12 @@ from dataclasses import fields as dc_fields
 import pytest
 from tests_util import HARNESS, STUDY_SPEC
 
-from harness import bounds, catalog, config, data, studyspec
+from harness import data
 from harness import finetune as ft
 from harness.errors import HarnessError
 from harness.finetune.trial import _check_settings
+from harness.spec import bounds, catalog, config
+from harness.spec import study as studyspec
 
 PRETRAIN = "name: b\nexecutor: local\nbase: {arch: resnet_tiny, dataset: digits, epochs: 1}\n"
 SWEEP = (

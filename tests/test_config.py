@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import PretrainConfig, SubmitSpec, load_spec, load_yaml
 from harness.errors import HarnessError
+from harness.spec.config import PretrainConfig, SubmitSpec, load_spec, load_yaml
 
 SPEC = """\
 name: pretrain_quick
@@ -217,7 +217,8 @@ def test_from_dict_uses_where_and_submit_spec_validates_runs_eagerly():
 
 def test_optimizer_default_keeps_earlier_run_ids_and_adamw_is_a_new_run():
     """``optimizer`` came after run ids were handed out: at its default it is not hashed."""
-    from harness import pretrain, store
+    from harness import store
+    from harness.train import pretrain
 
     cfg = PretrainConfig(arch="resnet_tiny", dataset="digits")
     dump = cfg.model_dump(mode="json")

@@ -12,7 +12,7 @@ import pytest
 
 from harness import store
 from harness.analysis import findings, stats
-from harness.studyspec import DEFAULT_FINDINGS, PrimaryTest
+from harness.spec.study import DEFAULT_FINDINGS, PrimaryTest
 
 SOURCE, DOWN = "fashion_mnist", "mnist5k"
 
@@ -278,7 +278,7 @@ class _Spec:
     """The parts of a StudySpec that the report stage reads."""
 
     def __init__(self, out: Path, ids: list[str], **findings_: dict) -> None:
-        from harness.studyspec import ReportSettings
+        from harness.spec.study import ReportSettings
 
         self.name, self.ids, self.findings = "t", ids, findings_
         self.report = ReportSettings(out=str(out), bootstrap=50, seed=0)
@@ -357,7 +357,8 @@ def test_cli_reads_only_the_named_study(tmp_path):
     import yaml
     from tests_util import HARNESS
 
-    from harness import config, studyspec
+    from harness.spec import config
+    from harness.spec import study as studyspec
 
     spec_path = tmp_path / "study.yaml"
     spec_path.write_text(

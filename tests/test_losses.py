@@ -1,4 +1,4 @@
-"""The loss registry (``harness.losses``): hand-computed values, torch and slow references, a tiny
+"""The loss registry (``harness.train.losses``): hand-computed values, torch and slow references, a tiny
 training run per loss, validation of names/options/values, and gradient flow."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.losses import LOSSES, LossSpec, build_loss
+from harness.train.losses import LOSSES, LossSpec, build_loss
 
 ALL = ("ce", "label_smoothing", "mse", "supcon")
 

@@ -12,9 +12,11 @@ import torch
 from nc_reference import reference_nc
 from tests_util import HARNESS
 
-from harness import config, launch, models, store
+from harness import models, store
+from harness.cluster import launch
 from harness.errors import HarnessError
-from harness.measure import MeasureSpec, measure
+from harness.nc.measure import MeasureSpec, measure
+from harness.spec import config
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

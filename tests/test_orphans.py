@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import orphans
+from harness.cluster import orphans
 
 DRIVER = """
 import json, signal, subprocess, sys, time
 from pathlib import Path
-from harness import orphans
+from harness.cluster import orphans
 
 folder, mark = Path(sys.argv[1]), sys.argv[2]
 g = orphans.Guard(folder, "test processes", marks={"cmdline": [mark]})

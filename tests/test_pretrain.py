@@ -13,7 +13,10 @@ import torch
 import yaml
 from tests_util import HARNESS
 
-from harness import config, launch, models, pretrain, store
+from harness import models, store
+from harness.cluster import launch
+from harness.spec import config
+from harness.train import pretrain
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -12,8 +12,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from harness import config, studyspec
 from harness.finetune import TrialConfig
+from harness.spec import config
+from harness.spec import study as studyspec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

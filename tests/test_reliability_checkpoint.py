@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import config, models, pretrain, store
+from harness import models, store
 from harness.errors import HarnessError
-from harness.fileio import disk_full_message
+from harness.spec import config
+from harness.store.fileio import disk_full_message
+from harness.train import pretrain
 
 pytestmark = pytest.mark.slow  # every test trains (and resumes) a run
 

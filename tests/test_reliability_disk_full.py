@@ -13,8 +13,9 @@ import pytest
 import yaml
 from tests_util import HARNESS
 
-from harness import cli, fileio, models, store
+from harness import cli, models, store
 from harness.errors import HarnessError
+from harness.store import fileio
 
 FULL = "no space left on device; free space and run the same command again"
 
@@ -92,7 +93,7 @@ def test_disk_full_line_of_a_failed_job():
 
 
 def test_cli_prints_a_full_disk_anywhere_as_one_line(monkeypatch, capsys):
-    from harness import query
+    from harness.cli import output as query
 
     def status(*a, **k):
         raise RuntimeError("write failed") from enospc("/r/jobs/x.json")
@@ -145,7 +146,8 @@ class Killed(BaseException):
 def epoch_checkpoint_size(root: Path) -> int:
     """The size of the run's epoch-1 ``last.pt``, measured: the same run, in process, into a
     scratch ``root``, stopped right after that checkpoint (weights, SGD momentum and meta)."""
-    from harness import config, pretrain
+    from harness.spec import config
+    from harness.train import pretrain
 
     save = pretrain._save
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from tests_util import HARNESS
 
-from harness import ledger, orphans, store
+from harness import store
+from harness.cluster import ledger, orphans
 
 RUN = dict(
     arch="resnet_tiny",
@@ -127,7 +128,7 @@ def test_jobs_of_a_killed_submitter_are_stopped(results, tmp_path):
 def test_a_lost_process_is_told_from_a_failure_of_the_run():
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from harness import submit
+    from harness.cluster import submit
 
     class Job:
         state = "FINISHED"

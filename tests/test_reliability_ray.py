@@ -16,7 +16,9 @@ import yaml
 from test_sweep import make_checkpoint
 from tests_util import HARNESS
 
-from harness import config, orphans, store, sweep
+from harness import store
+from harness.cluster import orphans, sweep
+from harness.spec import config
 
 pytestmark = pytest.mark.slow  # every test starts a local Ray and a sweep
 

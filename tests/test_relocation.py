@@ -15,8 +15,10 @@ import pytest
 import yaml
 from tests_util import HARNESS, nc_row
 
-from harness import config, store, sweep
+from harness import store
 from harness.analysis.views import with_common
+from harness.cluster import sweep
+from harness.spec import config
 
 RUN = dict(
     arch="resnet_tiny",

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from tests_util import HARNESS
 
-from harness import config, launch, ledger
+from harness.cluster import launch, ledger
+from harness.spec import config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

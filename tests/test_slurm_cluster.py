@@ -12,7 +12,9 @@ import cloudpickle
 import pytest
 import submitit
 
-from harness import config, launch
+from harness import distributed
+from harness.cluster import launch
+from harness.spec import config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -24,7 +26,7 @@ def test_two_node_gloo_all_reduce(slurm_cluster, shared_tmp):
         shared_tmp / "jobs",
         config.Resources(nodes=2, tasks_per_node=1, cpus_per_task=1, timeout_min=5),
     )
-    job = ex.submit(launch.probe_distributed)
+    job = ex.submit(distributed.probe_distributed)
     results = job.results()
     assert len(results) == 2
     assert sorted(r["rank"] for r in results) == [0, 1]

@@ -13,7 +13,9 @@ import pytest
 import yaml
 from tests_util import HARNESS
 
-from harness import config, store, studyspec
+from harness import store
+from harness.spec import config
+from harness.spec import study as studyspec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from tests_util import HARNESS
 
-from harness import models, progress, store
+from harness import models, store
+from harness.cluster import progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +174,7 @@ def test_asha_records_stopped_and_finished_trials_once(results, tmp_path, checkp
 @pytest.mark.ray
 def test_layer_auto_picks_lowest_nc1_on_the_trials_own_samples(results, tmp_path, checkpoint):
     from harness import data, finetune
-    from harness.measure import measure_model
+    from harness.nc.measure import measure_model
 
     spec = spec_file(
         tmp_path,
@@ -302,7 +303,7 @@ def test_progress_on_a_terminal_rewrites_one_line(capsys):
 def test_tunes_restore_warning_is_hidden_and_its_other_warnings_are_not(monkeypatch):
     from ray import tune
 
-    from harness import sweep
+    from harness.cluster import sweep
 
     seen = []
     monkeypatch.setattr(tune.Tuner, "can_restore", staticmethod(lambda path: True))

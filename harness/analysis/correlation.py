@@ -24,7 +24,7 @@ from harness.analysis.stats import _missing, group_stats
 from harness.analysis.tables import Table, correlation_table
 from harness.analysis.views import LAYER_COLUMNS, VIEW_KEYS, _db_error, view_sql
 from harness.errors import HarnessError
-from harness.fileio import check_path
+from harness.store.fileio import check_path
 
 _NUMERIC = re.compile(r"^(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DOUBLE|FLOAT|REAL|DECIMAL)", re.I)
 

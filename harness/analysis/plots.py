@@ -17,7 +17,7 @@ import numpy as np
 
 from harness.analysis.stats import _missing
 from harness.analysis.tables import VERDICT_COLORS
-from harness.fileio import atomic_write
+from harness.store.fileio import atomic_write
 
 if TYPE_CHECKING:
     from harness.analysis.findings import Finding

@@ -44,7 +44,7 @@ from harness.analysis.tables import (
 )
 from harness.analysis.views import _fetch, read_sql, with_common
 from harness.errors import HarnessError
-from harness.fileio import atomic_write_text
+from harness.store.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from harness.analysis.findings import Finding

@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import bounds, data, models
+from harness import data, models
 from harness.errors import HarnessError
 from harness.finetune.cache import ActivationCache, Activations, default_cache
 from harness.finetune.methods import METHODS, FinetuneNet, build_net, check_layer
 from harness.nc import nc_metrics
-from harness.schedule import cosine_lr
+from harness.spec import bounds
+from harness.train.schedule import cosine_lr
 
 EVAL_BATCH = 256  # batch for passes without gradients (cache fill, evaluation, NC)
 NC_MAX_SAMPLES = 2000  # downstream NC is measured on at most this many train samples
@@ -151,7 +152,7 @@ _OPTIONAL = frozenset(
 
 def setting_problem(name: str, value: Any) -> tuple[tuple[str, ...], str] | None:
     """``(key path below the field, message)`` when trial field ``name`` may not be ``value``
-    because of its range in ``harness.bounds`` (numeric fields and dataset options), else None.
+    because of its range in ``harness.spec.bounds`` (numeric fields and dataset options), else None.
     A sweep spec checks every value of its grid with this before any trial exists."""
     if value is None and name in _OPTIONAL:
         return None

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from harness.errors import HarnessError
-from harness.fileio import atomic_write, file_lock
+from harness.store.fileio import atomic_write, file_lock
 from harness.store.parts import (
     COMPACT_DIR,
     KEPT_DIR,

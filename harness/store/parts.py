@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.fileio import atomic_write, file_lock
+from harness.store.fileio import atomic_write, file_lock
 from harness.store.schema import SCHEMAS, SORT_KEYS, TABLES, StoreError, validate_rows
 
 RESULTS_ENV = "HARNESS_RESULTS"

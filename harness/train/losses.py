@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import catalog
 from harness.errors import HarnessError
+from harness.spec import catalog
 
 
 @dataclass(frozen=True)

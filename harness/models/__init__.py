@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import catalog
 from harness.errors import HarnessError
-from harness.fileio import atomic_write
+from harness.spec import catalog
+from harness.store.fileio import atomic_write
 
 CHECKPOINT_FORMAT = "harness-checkpoint-v1"
 PRESETS: dict[str, Callable[..., nn.Module]] = {}

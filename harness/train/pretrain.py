@@ -22,8 +22,8 @@ import submitit
 
 from harness import store
 from harness.errors import HarnessError
-from harness.fileio import disk_full_cause
-from harness.schedule import cosine_lr
+from harness.store.fileio import disk_full_cause
+from harness.train.schedule import cosine_lr
 
 
 def _sgd(params: Any, cfg: Any) -> Any:
@@ -51,7 +51,7 @@ def _log(msg: str) -> None:
     """One line to the job log; a log on a full disk loses the line, not the run (the next
     checkpoint or result write reports the full disk)."""
     try:
-        print(f"[harness.pretrain] {msg}", flush=True)
+        print(f"[harness.train.pretrain] {msg}", flush=True)
     except OSError as e:
         if disk_full_cause(e) is None:
             raise
@@ -104,17 +104,17 @@ class _Run:
 def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run (or resume) one pre-training run on this process; DDP when launched with several tasks.
 
-    ``cfg`` is a ``harness.config.PretrainConfig`` (or a dict of its fields). Returns a summary
+    ``cfg`` is a ``harness.spec.config.PretrainConfig`` (or a dict of its fields). Returns a summary
     dict (same on every rank).
     """
-    from harness import launch
-    from harness.config import PretrainConfig
+    from harness import distributed
+    from harness.spec.config import PretrainConfig
 
     if isinstance(cfg, dict):
         cfg = PretrainConfig.from_dict(cfg)
     config = cfg.identity()  # what the run id hashes, so the job and ``submit`` agree on it
     prov = store.Provenance.collect(config, "pretrain")
-    dist = launch.init_distributed()
+    dist = distributed.init_distributed()
     t0 = time.perf_counter()
     try:
         run = _set_up(cfg, config, prov, dist, run_dir(root, prov.run_id) / CHECKPOINT_NAME)
@@ -126,7 +126,7 @@ def train(cfg: Any, root: str | os.PathLike | None = None) -> dict[str, Any]:
             _record_failure(prov, root, e)
         raise
     finally:
-        launch.shutdown_distributed()
+        distributed.shutdown_distributed()
 
 
 def _record_failure(prov: Any, root: Any, e: Exception) -> None:
@@ -150,7 +150,8 @@ def _set_up(cfg: Any, config: dict[str, Any], prov: Any, dist: Any, ckpt_path: P
     """Device and threads, the training data, the network (SyncBN on GPU DDP) and optimiser."""
     import torch
 
-    from harness import losses, models
+    from harness import models
+    from harness.train import losses
 
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
     threads = os.environ.get("HARNESS_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
@@ -338,7 +339,7 @@ def _finish(
 ) -> dict[str, Any]:
     """Source accuracies and per-layer source NC; rank 0 writes `nc`, `pretrain` and `runs`."""
     from harness import models
-    from harness.measure import measure_model
+    from harness.nc.measure import measure_model
 
     cfg, dist, net = run.cfg, run.dist, run.net
     net.eval()
@@ -376,7 +377,7 @@ def _record(run: _Run, root: Any, results: Any, n: int, summary: dict, wall_s: f
     commits the run; tables a failed earlier attempt already wrote are not written again. The
     checkpoint is recorded relative to the results root (``store.store_path``)."""
     from harness import models
-    from harness.measure import nc_rows
+    from harness.nc.measure import nc_rows
 
     cfg, ckpt = run.cfg, store.store_path(run.ckpt_path, root)
     rid = run.prov.run_id

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from harness import store
 from harness.errors import HarnessError
-from harness.fileio import atomic_write, atomic_write_text, check_path
 from harness.store import execute, one_line
+from harness.store.fileio import atomic_write, atomic_write_text, check_path
 
 __all__ = ["FORMATS", "execute", "write", "run", "list_tables", "status", "compact"]
 
@@ -241,7 +241,7 @@ def status(
     """`harness status`: counts of runs by state, and the failed ones with log and error line."""
     out = out or sys.stdout
     base = store.results_root(root)
-    from harness import ledger
+    from harness.cluster import ledger
 
     runs = ledger.run_states(base)
     if not runs:
@@ -322,7 +322,7 @@ def _damaged_records(base: os.PathLike) -> list[Any]:
     import zipfile
     from pathlib import Path
 
-    from harness import ledger
+    from harness.cluster import ledger
 
     out = []
     for p in sorted(ledger.jobs_dir(base).glob("*.json")):

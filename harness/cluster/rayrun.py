@@ -1,7 +1,7 @@
 """The Ray runtime of a sweep: start local Ray (or join a cluster) and make sure a local one
 does not outlive the driver.
 
-A local runtime is guarded (``harness.orphans``): after ``ray.init`` the record
+A local runtime is guarded (``harness.cluster.orphans``): after ``ray.init`` the record
 ``<results>/ray/driver-<pid>.json`` names the driver, this host, the Ray session folder, the
 node id and the pids of every process of the session; a watchdog stops them if the driver dies
 by any signal, and the next sweep stops what a dead driver left before it starts its own. On a
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import orphans
+from harness.cluster import orphans
 
 Echo = Callable[[str], None]
 
@@ -41,7 +41,7 @@ def _echo_cluster(address: str | None, echo: Echo) -> None:
 
 def _quiet() -> None:
     """Tune's own logging down; SIGTERM as Ctrl-C (ray.init installs a handler that aborts)."""
-    from harness import launch
+    from harness.cluster import launch
 
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     launch.sigterm_as_interrupt()

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from harness.config import SubmitSpec, SweepSpec, _choices, _Spec
-from harness.specerrors import Problem, SpecError, check, problems_of
+from harness.spec.config import SubmitSpec, SweepSpec, _choices, _Spec
+from harness.spec.problems import Problem, SpecError, check, problems_of
 
 
 class MeasureSettings(_Spec):

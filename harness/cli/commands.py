@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from harness import bounds
 from harness.errors import HarnessError as CLIError
+from harness.spec import bounds
 
 EXECUTORS = ["auto", "slurm", "local", "debug"]
 
@@ -109,7 +109,8 @@ def _study_scope(path: str | None) -> list[str] | None:
     """The pre-training run ids of the study spec at ``path`` (None: the whole root)."""
     if path is None:
         return None
-    from harness import config, studyspec
+    from harness.spec import config
+    from harness.spec import study as studyspec
 
     return config.load_spec(path, kind=studyspec.StudySpec).run_ids()
 
@@ -167,7 +168,8 @@ class Submit(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import config, submit
+        from harness.cluster import submit
+        from harness.spec import config
 
         flags = [(f, getattr(args, f)) for _, f, _, _ in RESOURCE_FLAGS]
         overrides = [f"resources.{k}={v}" for k, v in flags if v is not None] + args.set
@@ -196,7 +198,7 @@ class QueryFlag(Command):
         p.add_argument(f"--{self.flag}", action="store_true", help=self.flag_help)
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import query
+        from harness.cli import output as query
 
         return getattr(query, self.name)(args.results, getattr(args, self.flag))
 
@@ -237,7 +239,7 @@ class Measure(Command):
         p.add_argument("--no-progress", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import measure
+        from harness.nc import measure
 
         return measure.main(args)
 
@@ -282,7 +284,8 @@ class Sweep(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import config, sweep
+        from harness.cluster import sweep
+        from harness.spec import config
 
         spec = config.load_spec(args.spec, args.set, kind=config.SweepSpec)
         if args.slurm:
@@ -316,7 +319,7 @@ class Query(Command):
         p.add_argument("--tables", action="store_true", help="list tables, columns and row counts")
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import query
+        from harness.cli import output as query
 
         if args.tables:
             return query.list_tables(args.results, out=sys.stdout)
@@ -347,7 +350,7 @@ class Compact(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import query
+        from harness.cli import output as query
 
         return query.compact(
             args.tables, root=args.results, vacuum=args.vacuum, older_than=args.older_than
@@ -429,7 +432,7 @@ class Report(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from harness import analysis
-        from harness.fileio import check_path
+        from harness.store.fileio import check_path
 
         if args.out or args.study is None:  # a study's default folder is its spec's
             check_path(args.out or analysis.DEFAULT_REPORT_DIR, "dir", "--out")
@@ -441,7 +444,9 @@ class Report(Command):
                 seed=args.seed,
                 allow_damaged=args.allow_damaged,
             )
-        from harness import config, store, study, studyspec
+        from harness import store, study
+        from harness.spec import config
+        from harness.spec import study as studyspec
 
         spec = config.load_spec(args.study, kind=studyspec.StudySpec)
         report = {"bootstrap": args.bootstrap, "seed": args.seed}
@@ -468,7 +473,9 @@ class Run(Command):
         _add_allow_damaged(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness import config, study, studyspec
+        from harness import study
+        from harness.spec import config
+        from harness.spec import study as studyspec
 
         spec = config.load_spec(args.spec, args.set, kind=studyspec.StudySpec)
         executor = None if args.executor in (None, "auto") else args.executor
@@ -537,7 +544,7 @@ def _check_root(args: argparse.Namespace) -> None:
     that can be created or written."""
     import os
 
-    from harness.fileio import check_path
+    from harness.store.fileio import check_path
 
     root, given = _results_arg(args), getattr(args, "results", None) is not None
     env = os.environ.get("HARNESS_RESULTS")
@@ -557,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: {e}", file=sys.stderr)
         return e.code
     except Exception as e:  # a full disk anywhere (a folder, a log, a lock): one line, exit 1
-        from harness.fileio import disk_full_cause, disk_full_message
+        from harness.store.fileio import disk_full_cause, disk_full_message
 
         cause = disk_full_cause(e)
         if cause is None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.fileio import atomic_write_text
+from harness.store.fileio import atomic_write_text
 
 Echo = Callable[[str], None]
 FOLDERS = {"ray": ("ray",), "local": ("jobs", "local")}  # guards of each kind, in the root
@@ -298,13 +298,13 @@ def guard(
 
 
 def _start_watchdog(record: Path) -> subprocess.Popen | None:
-    """``python -m harness.orphans RECORD`` in its own session (no terminal signal reaches it)."""
-    pkg_parent = str(Path(__file__).resolve().parents[1])
+    """``python -m harness.cluster.orphans RECORD`` in its own session (no terminal signal reaches it)."""
+    pkg_parent = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "harness.orphans", str(record)],
+            [sys.executable, "-m", "harness.cluster.orphans", str(record)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -3,7 +3,7 @@
 Every problem with a spec (missing file, YAML syntax, unknown key, bad value, bad override)
 surfaces as ONE ``HarnessError`` line that says where (file and dotted key path), what is wrong
 and what would be valid, e.g. ``spec.yaml: base.loss: unknown loss 'foo'; valid: ce, mse``; a
-spec with several problems lists them all on that line (``harness.specerrors``), and a spec of
+spec with several problems lists them all on that line (``harness.spec.problems``), and a spec of
 another kind (a sweep spec given to ``harness submit``) names the command that reads it.
 
 Registries (model presets, datasets, losses, timm) are imported lazily inside the validators so
@@ -33,9 +33,9 @@ from pydantic import (
     model_validator,
 )
 
-from harness import bounds
 from harness.errors import HarnessError
-from harness.specerrors import Loc, Problem, SpecError, check, dotted, harness_error, problems_of
+from harness.spec import bounds
+from harness.spec.problems import Loc, Problem, SpecError, check, dotted, harness_error, problems_of
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -48,7 +48,7 @@ def _choices(names: Iterable[str]) -> str:
 
 class _Spec(BaseModel):
     """Common base: unknown keys are errors, every numeric field (and loss or dataset option)
-    lies in its range in ``harness.bounds``, and ``from_dict`` gives one-line errors that list
+    lies in its range in ``harness.spec.bounds``, and ``from_dict`` gives one-line errors that list
     every problem.
 
     A model whose whole-spec checks (``mode="after"`` validators) read only the fields in
@@ -128,7 +128,7 @@ class PretrainConfig(_Spec):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from harness.catalog import PRESET_ARCHS
+        from harness.spec.catalog import PRESET_ARCHS
 
         if v in PRESET_ARCHS:
             return v
@@ -154,7 +154,7 @@ class PretrainConfig(_Spec):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, v: str) -> str:
-        from harness.catalog import LOSS_OPTIONS
+        from harness.spec.catalog import LOSS_OPTIONS
 
         if v not in LOSS_OPTIONS:
             raise ValueError(f"unknown loss {v!r}; valid: {_choices(LOSS_OPTIONS)}")
@@ -166,7 +166,7 @@ class PretrainConfig(_Spec):
         """Option names must be ones the chosen loss accepts (a typo would otherwise only fail
         when the job builds the loss, long after submission); unchecked when the loss itself is
         wrong."""
-        from harness.catalog import LOSS_OPTIONS
+        from harness.spec.catalog import LOSS_OPTIONS
 
         loss = info.data.get("loss")
         accepted = LOSS_OPTIONS.get(loss) if isinstance(loss, str) else None
@@ -353,7 +353,7 @@ def _deep_copy(data: Any) -> Any:
 @functools.cache
 def spec_kinds() -> dict[str, tuple[type[_Spec], str]]:
     """Each kind of spec file: its model and the subcommand that reads it."""
-    from harness.studyspec import StudySpec  # it imports this module: not at import time
+    from harness.spec.study import StudySpec  # it imports this module: not at import time
 
     return {
         "pre-training": (SubmitSpec, "submit"),

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import store
-from harness.fileio import atomic_write_text, file_lock
+from harness.store.fileio import atomic_write_text, file_lock
 
 LIVE = ("pending", "running", "requeued", "completing")  # never submitted again
 
@@ -159,7 +159,7 @@ def _local_alive(rec: JobRecord) -> bool:
 def scheduler_states(records: Iterable[JobRecord], finished: bool = True) -> dict[str | None, str]:
     """State of each record's task as the scheduler sees it, keyed by job id: live tasks from
     the queue; with ``finished`` also the accounting of tasks no longer queued."""
-    from harness import launch
+    from harness.cluster import launch
 
     recs = list(records)
     arrays = {r.array_id for r in recs if r.executor == "slurm" and r.array_id}
@@ -204,7 +204,7 @@ def run_states(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Each run's current state: the store's done / failed rows, joined with its latest
     submission and the scheduler's view (pending / running / requeued, or failed when the job
     ended without writing a result)."""
-    from harness import launch
+    from harness.cluster import launch
 
     base = store.results_root(root)
     runs = {r["run_id"]: dict(r) for r in store.latest_runs(base)}

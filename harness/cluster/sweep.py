@@ -10,7 +10,7 @@ trial names its process in ``<experiment>/running/<trial id>.json``. ``retry_fai
 recorded failures again (a done row wins over failed ones). The Ray experiment folder lives under
 ``<results>/ray/<name>-<hash of the pending trial set>``: re-running an interrupted sweep with the
 same pending trials restores it (``Tuner.restore``, errored trials restarted). The local Ray
-runtime never outlives the driver (``harness.rayrun``).
+runtime never outlives the driver (``harness.cluster.rayrun``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from harness import store
 from harness.errors import HarnessError
-from harness.fileio import atomic_write_text
+from harness.store.fileio import atomic_write_text
 
 AUTO = "auto"
 LAYER_METHODS = ("layer", "scl")
@@ -75,7 +75,7 @@ def auto_layer(cfg: Any, model: Any) -> tuple[str, str]:
     model's classifier pools. Deterministic (same data, eval mode, ties by name), so a re-run
     chooses the same block; the caller computes it once per (checkpoint, data, budget, seed)."""
     from harness import data, finetune, models
-    from harness.measure import measure_model
+    from harness.nc.measure import measure_model
 
     candidates = finetune.scl_blocks(model)
     if not candidates:
@@ -325,7 +325,7 @@ def _nc_rows_after(
     """`nc` rows of the fine-tuned features (run_id = trial id) with the layer's registry
     index and depth fraction from the checkpoint's model."""
     from harness import data, finetune, models
-    from harness.measure import LayerResult, nc_rows
+    from harness.nc.measure import LayerResult, nc_rows
 
     model, _ = models.load_checkpoint(trial["checkpoint"])
     layers = {ly.name: ly for ly in models.model_layers(model)}
@@ -388,7 +388,7 @@ def _tuner(spec: Any, base: Path, path: Path, pending: list[dict[str, Any]], ech
 
     from ray import tune
 
-    from harness import progress
+    from harness.cluster import progress
 
     noisy = logging.getLogger(RESTORE_NOISE[0])
     if _not_restore_noise not in noisy.filters:
@@ -447,7 +447,7 @@ def pending_trials(
 ) -> list[dict[str, Any]]:
     """The trials to run, each with ``rows`` (how many rows it has already): those without a
     `finetune` row, and with ``retry_failed`` those whose rows are all failures."""
-    from harness import ledger
+    from harness.cluster import ledger
 
     states = ledger.trial_states(root)
     out = []
@@ -461,7 +461,7 @@ def pending_trials(
 def _record_lost(errored: list[Any], pending: list[dict[str, Any]], base: Path, spec: Any) -> None:
     """A `failed` row for each trial Tune gave up on (its process died more than
     ``max_retries`` times) that no attempt recorded."""
-    from harness import ledger
+    from harness.cluster import ledger
 
     if not errored:
         return
@@ -486,7 +486,7 @@ def _record_lost(errored: list[Any], pending: list[dict[str, Any]], base: Path, 
 
 def _stopped(base: Path, pending: list[dict[str, Any]]) -> int:
     """How many of the trials just run the scheduler stopped early (their `stopped` rows)."""
-    from harness import ledger
+    from harness.cluster import ledger
 
     states = ledger.trial_states(base)
     return sum(1 for t in pending if getattr(states.get(t["trial_id"]), "status", "") == "stopped")
@@ -497,7 +497,7 @@ def run(
 ) -> dict[str, int]:
     """Run the sweep's pending trials on Ray Tune; compact what they wrote; return counts.
     ``retry_failed``: trials whose recorded rows are failures run again."""
-    from harness import progress, rayrun
+    from harness.cluster import progress, rayrun
 
     base = store.results_root(root).resolve()
     trials = expand(spec, base)
@@ -537,7 +537,7 @@ def run(
 
 def slurm_script() -> Path:
     """The sbatch script that runs a sweep on a Ray cluster inside a SLURM allocation."""
-    return Path(__file__).resolve().parents[1] / "slurm" / "ray-sweep.sbatch"
+    return Path(__file__).resolve().parents[2] / "slurm" / "ray-sweep.sbatch"
 
 
 def submit_slurm(

@@ -186,9 +186,9 @@ def measure(
     already done in the store is skipped (returns [])."""
     spec.validate()
 
-    from harness import data, launch, models
+    from harness import data, distributed, models
 
-    dist = launch.init_distributed()
+    dist = distributed.init_distributed()
     try:
         ds = data.load(
             spec.dataset,
@@ -246,7 +246,7 @@ def measure(
             store.record_run(prov, "done", root, attempt=0)
         return results
     finally:
-        launch.shutdown_distributed()
+        distributed.shutdown_distributed()
 
 
 class _progress:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import ledger, orphans, store
+from harness import store
+from harness.cluster import ledger, orphans
 from harness.errors import HarnessError
 
 Echo = Callable[[str], None]
@@ -76,7 +77,7 @@ def launch_error(e: Exception) -> str:
 
 def _submit_array(ex: Any, cfgs: Sequence[Any], base: Path, threads: int) -> list[Any]:
     """One submitit batch (one SLURM array); on failure remove the pickles it left behind."""
-    from harness.pretrain import PretrainJob
+    from harness.train.pretrain import PretrainJob
 
     folder = Path(ex.folder)
     before = set(folder.glob("*.pkl")) if folder.exists() else set()
@@ -96,7 +97,7 @@ def _slurm(ex: Any, todo: list[Any], spec: Any, base: Path, hold: bool, echo: Ec
     """Submit ``todo`` as arrays within the cluster's limits, recording each array at once.
     When a grid needs several arrays, each waits for the previous one (``afterany``) so that
     ``array_parallelism`` bounds the whole grid, not each array."""
-    from harness import launch
+    from harness.cluster import launch
 
     limits = launch.slurm_limits()
     queued = launch.job_records()
@@ -156,7 +157,7 @@ def submit(
     always submitted again (``retry_failed`` is accepted for symmetry with the sweep). Returns
     the submitted submitit jobs (empty when everything is done or live).
     """
-    from harness import launch
+    from harness.cluster import launch
 
     base = store.results_root(root).resolve()
     kind, why = launch.choose_executor(None if executor in (None, "auto") else executor)
@@ -199,7 +200,7 @@ def submit(
 def _raise_failed(failed: list[str], total: int, base: Path) -> None:
     """One line for the failed jobs (their error texts): a full disk's own line (free space,
     run again), else how many failed."""
-    from harness.fileio import disk_full_line
+    from harness.store.fileio import disk_full_line
 
     full = [line for line in (disk_full_line(t, base) for t in failed) if line]
     if full:
@@ -212,7 +213,7 @@ def _run_waves(
     ex: Any, todo: list[Any], spec: Any, base: Path, kind: str, echo: Echo, cancel: bool
 ) -> list[Any]:
     """Local / debug: jobs in waves as wide as this machine's cores allow, each awaited. Local
-    jobs are guarded (``harness.orphans``): they are stopped if this process dies."""
+    jobs are guarded (``harness.cluster.orphans``): they are stopped if this process dies."""
     res = spec.resources
     per_job = res.cpus_per_task * res.tasks_per_node
     width = max(1, (os.cpu_count() or 1) // per_job) if kind == "local" else 1
