@@ -83,7 +83,7 @@ def pretrain(
 def study_ce_runs(study: str, archs: list[str]) -> dict[str, Any]:
     """The ``base`` and ``include`` of a study's pre-training that give its plain cross-entropy
     run (no augmentation, no projection head) of each of ``archs``, first listed wins."""
-    from harness.spec.config import load_yaml
+    from harness.spec.load import load_yaml
 
     pre = load_yaml(study)["pretrain"]
     base = dict(pre.get("base", {}))

@@ -45,6 +45,7 @@ import numpy as np
 from _bench_util import pretrain, rows, temp_results, verdict
 
 from harness.cluster import sweep
+from harness.finetune import worker
 from harness.spec.config import SweepSpec
 
 NAME = "bench-asha"
@@ -116,7 +117,7 @@ def run_one(ckpt: str, args: argparse.Namespace, scheduler: str, order: str) -> 
             ray=ray_trials(root),
             rows=recorded,
             pending=len(sweep.pending_trials(sweep.expand(spec, root), root)),
-            marks=len(list((root / "ray").glob(f"{NAME}-*/{sweep.RUNNING}/*.json"))),
+            marks=len(list((root / "ray").glob(f"{NAME}-*/{worker.RUNNING}/*.json"))),
         )
 
 
@@ -146,7 +147,7 @@ def report_records(asha: dict[str, Any], epochs: int) -> None:
     if len(asha["rows"]) < len(ray):
         print(
             "  -> WRONG: a trial the scheduler stops is ended inside tune.report (SystemExit), "
-            "which _run_and_record does not catch: no `finetune` or `runs` row. ASHA's default "
+            "which the trial worker (harness.finetune.worker) does not catch: no `finetune` or `runs` row. ASHA's default "
             "stop_last_trials=True also stops every trial at max_t on its last report, so even "
             "finished trials record nothing"
         )

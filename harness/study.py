@@ -21,11 +21,12 @@ from harness.errors import HarnessError
 
 if TYPE_CHECKING:
     from harness.analysis.findings import Finding
+    from harness.spec.study import StudySpec
 
 Echo = Callable[[str], None]
 
 
-def _checkpoints(spec: Any, root: Path) -> list[dict[str, Any]]:
+def _checkpoints(spec: StudySpec, root: Path) -> list[dict[str, Any]]:
     """The study's finished pre-training runs: run_id, arch, dataset, checkpoint (the file where
     the root now is: the store records it relative to the root)."""
     ids = spec.run_ids()
@@ -54,7 +55,7 @@ def _resolved(stored: str | None, root: Path) -> str | None:
 # Stages
 
 
-def stage_pretrain(spec: Any, root: Path, executor: str, echo: Echo) -> None:
+def stage_pretrain(spec: StudySpec, root: Path, executor: str, echo: Echo) -> None:
     from harness.cluster import submit
 
     sub = spec.pretrain_spec()
@@ -113,7 +114,7 @@ def wait_live(root: Path, run_ids: list[str], echo: Echo, poll_s: float = 5.0) -
         raise HarnessError(f"{counts['failed']} pre-training runs failed (see `harness status`)", 1)
 
 
-def stage_measure(spec: Any, root: Path, echo: Echo) -> None:
+def stage_measure(spec: StudySpec, root: Path, echo: Echo) -> None:
     """Per-layer NC of every checkpoint on every downstream dataset (source NC comes with
     pre-training)."""
     from harness.nc.measure import MeasureSpec, measure
@@ -136,7 +137,7 @@ def stage_measure(spec: Any, root: Path, echo: Echo) -> None:
     echo(f"downstream NC: {len(todo)} checkpoint x dataset pairs, {new} measured now")
 
 
-def stage_sweep(spec: Any, root: Path, echo: Echo, address: str | None) -> None:
+def stage_sweep(spec: StudySpec, root: Path, echo: Echo, address: str | None) -> None:
     from harness.cluster import sweep
 
     if not _checkpoints(spec, root):
@@ -146,7 +147,7 @@ def stage_sweep(spec: Any, root: Path, echo: Echo, address: str | None) -> None:
         echo(f"fine-tuning: {counts['failed']} trials failed (recorded in finetune)")
 
 
-def stage_scores(spec: Any, root: Path, echo: Echo) -> None:
+def stage_scores(spec: StudySpec, root: Path, echo: Echo) -> None:
     """Transferability scores (LogME, LEEP, NCTI parts, NC metrics) of each checkpoint's
     penultimate features on each downstream dataset."""
     import numpy as np
@@ -202,7 +203,7 @@ def stage_scores(spec: Any, root: Path, echo: Echo) -> None:
 # Findings
 
 
-def findings(spec: Any, root: Path) -> list[Finding]:
+def findings(spec: StudySpec, root: Path) -> list[Finding]:
     """The study's findings (``analysis.findings.evaluate``): each finding's primary test as the
     spec declares it, on the study's own runs and trials only."""
     from harness.analysis import findings as study_findings
@@ -216,7 +217,7 @@ def findings(spec: Any, root: Path) -> list[Finding]:
     )
 
 
-def _write_report(spec: Any, root: Path, out: Path, found: list[Finding]) -> dict[str, Any]:
+def _write_report(spec: StudySpec, root: Path, out: Path, found: list[Finding]) -> dict[str, Any]:
     """The report with the findings first, scoped to the study's runs."""
     from harness import analysis
 
@@ -230,7 +231,7 @@ def _write_report(spec: Any, root: Path, out: Path, found: list[Finding]) -> dic
     )
 
 
-def _store_fingerprint(root: Path, spec: Any) -> str:
+def _store_fingerprint(root: Path, spec: StudySpec) -> str:
     """What the report depends on: the set of committed parts, the report settings, each
     finding's primary test, and the code that writes it (the saved queries and the analysis
     modules: a newer harness rewrites an older report)."""
@@ -238,10 +239,9 @@ def _store_fingerprint(root: Path, spec: Any) -> str:
     import json
 
     from harness import analysis
-    from harness.analysis.views import ANALYSIS_DIR
 
     code = [
-        *sorted(ANALYSIS_DIR.glob("*.sql")),
+        *analysis.saved_queries(),
         *sorted(Path(analysis.__file__).parent.glob("*.py")),
     ]  # the saved queries, then the modules, each by name: where they live does not count
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in code)).hexdigest()
@@ -253,7 +253,9 @@ def _store_fingerprint(root: Path, spec: Any) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def stage_report(spec: Any, root: Path, echo: Echo, allow_damaged: bool = False) -> dict[str, Any]:
+def stage_report(
+    spec: StudySpec, root: Path, echo: Echo, allow_damaged: bool = False
+) -> dict[str, Any]:
     """Findings, correlations and the report; skipped when the store has not changed since the
     report in ``out`` was written (its fingerprint is kept next to it). A report that left
     damaged parts out says so at its top, is never up to date, and then fails (exit 1) unless
@@ -285,7 +287,7 @@ def stage_report(spec: Any, root: Path, echo: Echo, allow_damaged: bool = False)
 
 
 def run(
-    spec: Any,
+    spec: StudySpec,
     *,
     root=None,
     executor: str | None = None,

@@ -535,12 +535,13 @@ def test_report(known, tmp_path):
         assert f"]({name}.png)" in md  # the Markdown links its figures; the page embeds them
     assert page.count("data:image/png;base64,") >= len(names) and ".png'" not in page
     for name in [*names, "score_ranking", "layer_auto_gap"]:
-        assert f"analysis/{name}.sql" in md and f"analysis/{name}.sql" in page
+        where = f"harness/analysis/sql/{name}.sql"
+        assert where in md and where in page
         assert analysis.read_sql(name).strip() in md  # the SQL that produced the section
     # the shared CTEs are printed once, at the end, for the 8 queries that ran after them
     common = analysis.read_sql("common").strip()
     assert md.count(common) == 1
-    assert md.index(common) > max(md.index(f"analysis/{name}.sql") for name in names)
+    assert md.index(common) > max(md.index(f"harness/analysis/sql/{name}.sql") for name in names)
     assert md.count("pretrain_one AS (") == 1 and page.count("pretrain_one AS (") == 1
     assert md.count("run after the [shared SQL](#shared-sql)") == 8
     assert "no data yet" not in md and md.count("```sql") == 9
@@ -576,7 +577,7 @@ def test_ranking_rows(known):
     root, truth = known
     con = store.connect(root)
     try:
-        recs = analysis._fetch(con, analysis.load_sql("score_ranking"))
+        recs = analysis.fetch_records(con, analysis.load_sql("score_ranking"))
     finally:
         con.close()
     rows = {(r["method"], r["score"]): r for r in analysis.ranking_rows(recs)}

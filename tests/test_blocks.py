@@ -17,6 +17,7 @@ from harness.errors import HarnessError
 from harness.nc.measure import measure_model
 from harness.spec import config
 from harness.spec import study as studyspec
+from harness.spec.load import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("resnet_tiny", "vit_tiny")
@@ -152,7 +153,7 @@ def test_scl_refused_at_the_last_resnet_block_whose_pool_is_pre_logits():
 def test_trial_validation_refuses_scl_at_the_last_block():
     cfg = ft.TrialConfig("x.pt", "digits", "scl", "layer4.4", per_class=5)
     with pytest.raises(HarnessError, match="cannot use layer 'layer4.4' of ResNet"):
-        cfg.validate(_net("resnet_tiny", 8))
+        ft.validate(cfg, _net("resnet_tiny", 8))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,14 +228,14 @@ def test_layer_auto_resolves_once_per_checkpoint_data_budget_and_seed(tmp_path, 
 @pytest.mark.parametrize("per_class, size", [(5, 4 * 5), (60, 4 * ft.VAL_PER_CLASS), (None, 540)])
 def test_validation_set_size_follows_the_budget(per_class, size):
     cfg = ft.TrialConfig("x.pt", "synthetic_hier", "full", per_class=per_class)
-    val = cfg.load_val()
+    val = ft.load_val(cfg)
     assert len(val) == size
     counts = np.bincount(val.targets)
     if per_class is not None:
         assert len(set(counts)) == 1  # stratified
         again = ft.TrialConfig("x.pt", "synthetic_hier", "full", per_class=per_class, seed=1)
-        assert np.array_equal(cfg.load_val().ids, val.ids)  # seeded
-        assert not np.array_equal(again.load_val().ids, val.ids)
+        assert np.array_equal(ft.load_val(cfg).ids, val.ids)  # seeded
+        assert not np.array_equal(ft.load_val(again).ids, val.ids)
 
 
 def test_a_trial_validates_on_its_budget(tmp_path):
@@ -253,7 +254,7 @@ def test_a_trial_validates_on_its_budget(tmp_path):
 
 
 def test_paper_sweep_is_valid_for_every_architecture():
-    spec = config.load_spec(REPO / "benchmarks" / "paper.yaml", kind=studyspec.StudySpec)
+    spec = load_spec(REPO / "benchmarks" / "paper.yaml", kind=studyspec.StudySpec)
     archs = sorted({run.arch for run in spec.pretrain_spec().runs()})
     pairs = {
         (p["method"], p.get("layer"))

@@ -16,8 +16,7 @@ from tests_util import HARNESS, STUDY_SPEC
 from harness import data
 from harness import finetune as ft
 from harness.errors import HarnessError
-from harness.finetune.trial import _check_settings
-from harness.spec import bounds, catalog, config
+from harness.spec import bounds, config, registry
 from harness.spec import study as studyspec
 
 PRETRAIN = "name: b\nexecutor: local\nbase: {arch: resnet_tiny, dataset: digits, epochs: 1}\n"
@@ -161,12 +160,12 @@ def test_every_numeric_field_and_option_has_a_range():
     spec_fields = {name for _, name in _spec_fields()}
     assert spec_fields - set(bounds.FIELDS) == set()
     assert set(_trial_fields()) - set(bounds.FIELDS) == set()
-    loss_options = {k for opts in catalog.LOSS_OPTIONS.values() for k in opts}
+    loss_options = {k for m in registry.LOSSES.entries() for k in m.meta.options}
     assert loss_options <= set(bounds.OPTIONS["loss_kwargs"])
     data_options = {
         p.name
-        for b in data.DATASETS.values()
-        for p in inspect.signature(b.fn).parameters.values()
+        for n in registry.DATASETS.names()
+        for p in inspect.signature(data.get_builder(n).fn).parameters.values()
         if p.kind is p.KEYWORD_ONLY and isinstance(p.default, int | float)
     }
     assert data_options <= set(bounds.OPTIONS["data_kwargs"])
@@ -190,13 +189,13 @@ def test_trial_field_edges_in_a_sweep_and_in_the_trial(name):
     sweep = MINIMAL[config.SweepSpec]
     for v in _inside(r):
         config.SweepSpec.from_dict({**sweep, "grid": {name: [v]}})
-        _check_settings(ft.TrialConfig("x.pt", **TRIAL_BASE, **{name: v}))
+        ft.TrialConfig("x.pt", **TRIAL_BASE, **{name: v}).check_settings()
     for v in _outside(r):
         with pytest.raises(HarnessError) as e:
             config.SweepSpec.from_dict({**sweep, "grid": {name: [_inside(r)[0], v]}}, "w")
         assert str(e.value).startswith(f"w: grid.{name}[1]: must be {r.describe()}")
         with pytest.raises(HarnessError) as e:
-            _check_settings(ft.TrialConfig("x.pt", **TRIAL_BASE, **{name: v}))
+            ft.TrialConfig("x.pt", **TRIAL_BASE, **{name: v}).check_settings()
         assert str(e.value).startswith(f"{name} must be {r.describe()} (got ")
 
 

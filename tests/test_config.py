@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.spec.config import PretrainConfig, SubmitSpec, load_spec, load_yaml
+from harness.spec.config import PretrainConfig, SubmitSpec
+from harness.spec.load import load_spec, load_yaml
 
 SPEC = """\
 name: pretrain_quick
@@ -134,9 +135,20 @@ def test_bad_overrides(tmp_path, overrides, needles):
         (SMALL, ["base.loss=nope"], ["spec.yaml: base.loss", "'nope'", "supcon"]),
         (SMALL, ["base.epochs=-3"], ["spec.yaml: base.epochs", "between 1 and 100000 (got -3)"]),
         (SMALL, ["base.head_depth=4"], ["spec.yaml: base.head_depth", "between 0 and 3 (got 4)"]),
-        (SMALL, ["base.augment=heavy"], ["base.augment", "'none', 'weak' or 'strong'"]),
+        (
+            SMALL,
+            ["base.augment=heavy"],
+            ["base.augment", "unknown augment 'heavy'; valid: none, weak, strong"],
+        ),
         (SMALL, ["base.loss_kwargs={tau: 1}"], ["base.loss_kwargs.tau", "no option 'tau'"]),
-        (SMALL, ["executor=cloud"], ["spec.yaml: executor", "'slurm'", "'local'"]),
+        (
+            SMALL,
+            ["executor=cloud"],
+            [
+                "spec.yaml: executor",
+                "unknown executor 'cloud'; valid: slurm, local, debug, or auto",
+            ],
+        ),
         (SMALL, ["name=has space"], ["spec.yaml: name", "A-Za-z0-9_.-"]),
         (SMALL, ["resources.nodes=0"], ["spec.yaml: resources.nodes", "between 1 and 4096"]),
         (SMALL, ["resources.gpus=1"], ["resources.gpus", "tasks_per_node"]),

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from harness import data
 from harness.errors import HarnessError
+from harness.spec import registry
 
 # name -> (train, val, test sizes, image shape, num_classes). The sizes pin the fixed splits.
 EXPECTED = {
@@ -79,8 +80,8 @@ def test_splits_are_deterministic(name):
         assert all(torch.equal(a[i][0], b[i][0]) for i in range(0, len(a), 37))
     # A fresh decode (bypassing the process cache) gives the same splits and pixels.
     kw = (("data_seed", 0),) if name == "synthetic_hier" else ()
-    fresh = data._prepared.__wrapped__(name, None, kw)
-    cached = data._prepared(name, None, kw)
+    fresh = data.prepared.__wrapped__(name, None, kw)
+    cached = data.prepared(name, None, kw)
     assert all(np.array_equal(fresh.splits[s], cached.splits[s]) for s in data.SPLITS)
     assert torch.equal(fresh.pool, cached.pool)
 
@@ -146,7 +147,7 @@ def test_synthetic_hier_follows_the_seed():
 def test_unknown_names_splits_and_options():
     with pytest.raises(HarnessError) as e:
         data.load("imagenet")
-    assert all(n in str(e.value) for n in data.DATASETS) and "\n" not in str(e.value)
+    assert all(n in str(e.value) for n in registry.DATASETS.names()) and "\n" not in str(e.value)
     with pytest.raises(HarnessError, match="train, val, test"):
         data.load("digits", "validation")
     with pytest.raises(HarnessError, match="bad dataset option"):

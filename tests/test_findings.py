@@ -12,6 +12,7 @@ import pytest
 
 from harness import store
 from harness.analysis import findings, stats
+from harness.spec.load import load_spec
 from harness.spec.study import DEFAULT_FINDINGS, PrimaryTest
 
 SOURCE, DOWN = "fashion_mnist", "mnist5k"
@@ -274,7 +275,7 @@ def test_ties_on_validation_are_not_broken_by_test_accuracy(tmp_path, swap):
 # `harness run`'s report stage
 
 
-class _Spec:
+class SpecModel:
     """The parts of a StudySpec that the report stage reads."""
 
     def __init__(self, out: Path, ids: list[str], **findings_: dict) -> None:
@@ -299,7 +300,7 @@ def test_report_stage_prints_the_primary_verdicts_and_tracks_the_tests(tmp_path)
     root = write(tmp_path / "r", a, study_rows("b", x, -y))
     ids = [r["run_id"] for r in a["pretrain"]]
     said: list[str] = []
-    spec = _Spec(tmp_path / "rep", ids)
+    spec = SpecModel(tmp_path / "rep", ids)
     study.stage_report(spec, root, said.append)
     want = lines(findings.evaluate(spec.primary_tests(), root, ids, n_boot=50, seed=0))
     assert (tmp_path / "rep" / "findings.txt").read_text().splitlines() == want
@@ -308,7 +309,7 @@ def test_report_stage_prints_the_primary_verdicts_and_tracks_the_tests(tmp_path)
     study.stage_report(spec, root, said.append)
     assert "up to date" in said[0]
     said.clear()
-    other = _Spec(tmp_path / "rep", ids, **{"1": {"pooling": "raw"}})
+    other = SpecModel(tmp_path / "rep", ids, **{"1": {"pooling": "raw"}})
     study.stage_report(other, root, said.append)  # another primary test: written again
     assert "up to date" not in said[0]
 
@@ -324,12 +325,12 @@ def test_report_stage_rewrites_a_report_of_older_analysis_code(tmp_path, monkeyp
     x, y = correlated(10, 0.8, seed=0)
     a = study_rows("a", x, y)
     root = write(tmp_path / "r", a)
-    spec = _Spec(tmp_path / "rep", [r["run_id"] for r in a["pretrain"]])
+    spec = SpecModel(tmp_path / "rep", [r["run_id"] for r in a["pretrain"]])
     said: list[str] = []
     study.stage_report(spec, root, said.append)
     sql = tmp_path / "analysis"
-    shutil.copytree(views.ANALYSIS_DIR, sql)
-    monkeypatch.setattr(views, "ANALYSIS_DIR", sql)
+    shutil.copytree(views.SQL, sql)
+    monkeypatch.setattr(views, "SQL", sql)
     said.clear()
     study.stage_report(spec, root, said.append)
     assert "up to date" in said[0]  # an unchanged copy: the same fingerprint
@@ -357,7 +358,6 @@ def test_cli_reads_only_the_named_study(tmp_path):
     import yaml
     from tests_util import HARNESS
 
-    from harness.spec import config
     from harness.spec import study as studyspec
 
     spec_path = tmp_path / "study.yaml"
@@ -372,7 +372,7 @@ def test_cli_reads_only_the_named_study(tmp_path):
             )
         )
     )  # fmt: skip
-    ids = config.load_spec(spec_path, kind=studyspec.StudySpec).run_ids()
+    ids = load_spec(spec_path, kind=studyspec.StudySpec).run_ids()
     x, y = correlated(10, 0.8, seed=3)
     mine = study_rows("a", x, y, dup=2)
     for rows in mine.values():  # the spec's own run ids (a-<i> -> its i-th run id)
@@ -387,7 +387,7 @@ def test_cli_reads_only_the_named_study(tmp_path):
     r = subprocess.run([*cmd, "--out", str(out), "--bootstrap", "50"], capture_output=True,
                        text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    tests = config.load_spec(spec_path, kind=studyspec.StudySpec).primary_tests()
+    tests = load_spec(spec_path, kind=studyspec.StudySpec).primary_tests()
     want = lines(findings.evaluate(tests, root, ids, n_boot=50, seed=0))
     assert (out / "findings.txt").read_text().splitlines() == want
     assert want != lines(findings.evaluate(tests, root, None, n_boot=50, seed=0))
@@ -401,11 +401,11 @@ def test_cli_reads_only_the_named_study(tmp_path):
 
 
 def test_layer_auto_gap_against_the_blocks_tried(tmp_path):
-    """analysis/layer_auto_gap.sql and the report's line: per block and seed the best-validation
+    """harness/analysis/sql/layer_auto_gap.sql and the report's line: per block and seed the best-validation
     configuration, the mean over seeds, the gap to the best block; a group where SCL ran at one
     block only is left out."""
     from harness.analysis.report import auto_gap_line
-    from harness.analysis.views import _fetch, load_sql
+    from harness.analysis.views import fetch_records, load_sql
 
     rows: dict[str, list[dict]] = {"pretrain": [], "finetune": []}
     for i, (auto_accs, other_accs) in enumerate(
@@ -430,7 +430,7 @@ def test_layer_auto_gap_against_the_blocks_tried(tmp_path):
                      per_class=5, lr=0.01, test_acc=0.3, val_acc=0.3),
             ]  # fmt: skip
     root = write(tmp_path / "r", rows)
-    recs = store.reading(lambda con: _fetch(con, load_sql("layer_auto_gap")), root)
+    recs = store.reading(lambda con: fetch_records(con, load_sql("layer_auto_gap")), root)
     got = {r["run_id"]: (r["picked"], r["best"], round(r["gap_pts"], 6), r["blocks"]) for r in recs}
     assert got == {"g-0": ("s2", "s3", 20.0, 2), "g-1": ("s2", "s2", 0.0, 2)}
     line = auto_gap_line(recs)

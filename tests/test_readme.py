@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from harness.finetune import TrialConfig
 from harness.spec import config
 from harness.spec import study as studyspec
+from harness.spec.load import load_spec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -74,7 +75,7 @@ def test_each_block_loads_as_its_kind_and_lists_every_key(tmp_path, index, kind,
     text = spec_blocks()[index]
     path = tmp_path / "spec.yaml"
     path.write_text(text)
-    spec = config.load_spec(path, kind=kind)
+    spec = load_spec(path, kind=kind)
     assert isinstance(spec, kind)
     data = yaml.safe_load(text)
     for where, fields in wanted.items():

@@ -19,6 +19,7 @@ from tests_util import HARNESS
 from harness import store
 from harness.cluster import orphans, sweep
 from harness.spec import config
+from harness.spec.load import load_spec
 
 pytestmark = pytest.mark.slow  # every test starts a local Ray and a sweep
 
@@ -26,6 +27,9 @@ pytestmark = pytest.mark.slow  # every test starts a local Ray and a sweep
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+SLOW_EPOCHS = 300
 
 
 def spec_file(tmp_path: Path, checkpoint: str, epochs: int, include: list[dict]) -> Path:
@@ -149,12 +153,14 @@ def test_killed_sweep_driver_leaves_no_ray_process(results, tmp_path, checkpoint
 def test_killed_worker_is_retried_and_failures_recorded_once(results, tmp_path, checkpoint):
     # one slow trial whose worker gets killed; one that diverges (NaN loss: a failure of its own)
     diverging = dict(method="full", lr=100.0, weight_decay=10.0, epochs=3)
-    spec = spec_file(tmp_path, checkpoint, epochs=40, include=[diverging])
+    # 300 cached linear-probe epochs: about 10 s on an idle core, so the kill 2 s after the
+    # trial starts lands mid-trial (at 40 epochs it took 1.5 s: the trial could end first)
+    spec = spec_file(tmp_path, checkpoint, epochs=SLOW_EPOCHS, include=[diverging])
     driver = subprocess.Popen(
         [HARNESS, "sweep", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    trials = sweep.expand(config.load_spec(spec, kind=config.SweepSpec), results)
-    slow_id = next(t["trial_id"] for t in trials if t["trial"]["epochs"] == 40)
+    trials = sweep.expand(load_spec(spec, kind=config.SweepSpec), results)
+    slow_id = next(t["trial_id"] for t in trials if t["trial"]["epochs"] == SLOW_EPOCHS)
     try:
 
         def slow_trial_running():

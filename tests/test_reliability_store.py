@@ -106,11 +106,11 @@ def test_queries_are_sandboxed(results, tmp_path, sql, words):
 
 def test_saved_analysis_queries_still_run_in_the_sandbox(results):
     store.append("finetune", [finetune_row(i) for i in range(3)], results)
-    names = sorted(
-        p.stem
-        for p in analysis.ANALYSIS_DIR.glob("*.sql")
-        if not p.stem.startswith(("_", "common"))
-    )
+    names = [
+        n
+        for n in (p.name.removesuffix(".sql") for p in analysis.saved_queries())
+        if not n.startswith(("_", "common"))
+    ]
     assert names
     for name in names:
         table = store.execute(analysis.load_sql(name), results)

@@ -14,7 +14,7 @@ import yaml
 from tests_util import HARNESS
 
 from harness.cluster import launch, ledger
-from harness.spec import config
+from harness.spec.load import load_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -42,7 +42,7 @@ def submit(spec: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def run_ids(spec: Path) -> set[str]:
-    return {c.run_id() for c in config.load_spec(spec).runs()}
+    return {c.run_id() for c in load_spec(spec).runs()}
 
 
 def live_runs(results: Path) -> Counter:

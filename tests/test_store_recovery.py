@@ -330,7 +330,7 @@ def test_report_over_a_damaged_store_says_so_at_the_top(results, tmp_path, capsy
 def test_report_stage_of_a_study_over_a_damaged_store(tmp_path):
     """`harness run`'s report stage (and `harness report --study`): written with the banner,
     then exit 1 unless allowed; never "up to date", so a repaired store gets a clean one."""
-    from test_findings import _Spec, correlated, study_rows, write
+    from test_findings import SpecModel, correlated, study_rows, write
 
     from harness import study
     from harness.errors import HarnessError
@@ -341,7 +341,7 @@ def test_report_stage_of_a_study_over_a_damaged_store(tmp_path):
     write(root, {"nc": rows["nc"][:4]})  # a second nc part, then half-copied
     second = store.parts("nc", root)[-1]
     truncate_half(second)
-    spec = _Spec(tmp_path / "rep", [r["run_id"] for r in rows["pretrain"]])
+    spec = SpecModel(tmp_path / "rep", [r["run_id"] for r in rows["pretrain"]])
     spec.report = spec.report.model_copy(update={"bootstrap": 10})
     said: list[str] = []
     with pytest.raises(HarnessError, match=f"report read a damaged store.*{second.name}"):

@@ -14,8 +14,8 @@ import yaml
 from tests_util import HARNESS
 
 from harness import store
-from harness.spec import config
 from harness.spec import study as studyspec
+from harness.spec.load import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_interrupted_run_completes_with_the_same_tables(tmp_path):
 
 
 def test_paper_spec_is_valid():
-    spec = config.load_spec(REPO / "benchmarks" / "paper.yaml", kind=studyspec.StudySpec)
+    spec = load_spec(REPO / "benchmarks" / "paper.yaml", kind=studyspec.StudySpec)
     runs = spec.pretrain_spec().runs()
     assert {c.arch for c in runs} == {"resnet18", "resnet50", "vit_base_patch8_224"}
     assert {c.dataset for c in runs} == {"cifar100"}
@@ -171,7 +171,7 @@ def test_paper_spec_is_valid():
 
 
 def test_quick_spec_shape():
-    spec = config.load_spec(REPO / "benchmarks" / "quick.yaml", kind=studyspec.StudySpec)
+    spec = load_spec(REPO / "benchmarks" / "quick.yaml", kind=studyspec.StudySpec)
     runs = spec.pretrain_spec().runs()
     assert {c.arch for c in runs} >= {"resnet_tiny", "vit_tiny"}
     assert len(runs) >= 8 and {c.dataset for c in runs} == {"fashion_mnist"}
@@ -184,7 +184,7 @@ def test_quick_spec_shape():
 def test_cpu_spec_is_sized_for_verdicts():
     """benchmarks/cpu.yaml: >= 12 pre-training variants for each of >= 2 architecture families,
     >= 3 fine-tuning seeds, >= 2 downstream datasets, every variant distinct."""
-    spec = config.load_spec(REPO / "benchmarks" / "cpu.yaml", kind=studyspec.StudySpec)
+    spec = load_spec(REPO / "benchmarks" / "cpu.yaml", kind=studyspec.StudySpec)
     runs = spec.pretrain_spec().runs()
     per_arch = {a: sum(c.arch == a for c in runs) for a in {c.arch for c in runs}}
     assert len(per_arch) >= 2 and min(per_arch.values()) >= 12, per_arch

@@ -323,3 +323,44 @@ def test_tunes_restore_warning_is_hidden_and_its_other_warnings_are_not(monkeypa
         log.removeHandler(handler)
         log.removeFilter(sweep._not_restore_noise)
     assert got == ["Trials did not complete"]
+
+
+def test_trial_meta_round_trips_through_tunes_grid_and_old_metas_still_read():
+    from harness.finetune import worker
+
+    trial = dict(checkpoint="/abs/ck.pt", dataset="digits", method="layer", layer="layer3", seed=1)
+    t = dict(trial=trial, trial_id="f1", run_id="r1", arch="resnet_tiny", layer_choice="index -2")
+    t |= dict(checkpoint="ck.pt", rows=2)
+    point = worker.grid_point(t)
+    # what Tune holds (and saves with the experiment): plain dicts, keys as before TrialMeta
+    assert point == {
+        "trial": trial,
+        "meta": dict(
+            trial_id="f1",
+            run_id="r1",
+            arch="resnet_tiny",
+            layer_choice="index -2",
+            checkpoint="ck.pt",
+            rows=2,
+        ),
+    }
+    got_trial, meta = worker.read_point({"t": point, "root": "r", "experiment": "e"})
+    assert got_trial is trial and meta == worker.TrialMeta.of(t) and meta.rows == 2
+    base = worker.row_base(trial, meta, "node-1")
+    assert base["checkpoint"] == "ck.pt" and base["trial_id"] == "f1" and base["node"] == "node-1"
+    # an experiment interrupted before metas carried the stored checkpoint and the row count
+    old = {k: v for k, v in point["meta"].items() if k not in ("checkpoint", "rows")}
+    _, meta = worker.read_point({"t": dict(trial=trial, meta=old)})
+    assert meta.checkpoint is None and meta.rows == 0
+    assert worker.row_base(trial, meta, None)["checkpoint"] == "/abs/ck.pt"
+
+
+def test_ray_sweep_sbatch_script_is_package_data():
+    from importlib import resources
+
+    from harness.cluster import slurm_sweep
+
+    with resources.as_file(slurm_sweep.slurm_script()) as path:
+        text = Path(path).read_text()
+    assert text.startswith("#!/usr/bin/env bash") and "#SBATCH --job-name=harness-ray-sweep" in text
+    assert "-m harness.cli sweep" in text

@@ -8,7 +8,7 @@ One module per part, each usable on its own; this package re-exports their publi
   ``correlate_groups``, ``group_stats``).
 * ``scores``: transferability scores (LogME, LEEP, NCTI parts, NC metrics of pre-trained
   features) written to the ``scores`` table; ``combine_parts``, ``rank_eval``, ``ranking_rows``.
-* ``views``: the saved queries of ``analysis/*.sql`` with their shared CTEs, and the analysis
+* ``views``: the saved queries of ``harness/analysis/sql/*.sql`` with their shared CTEs, and the analysis
   view (``view_sql``) whose columns ``harness correlate`` resolves its metrics against.
 * ``correlation``: ``harness correlate`` (``correlate``, ``run_correlate``).
 * ``tables`` and ``plots``: Markdown/HTML tables (the findings with verdict badges) and PNG
@@ -42,7 +42,6 @@ from harness.analysis.report import (
 from harness.analysis.scores import (
     NC_METRICS,
     SCORES,
-    Score,
     combine_parts,
     compute_scores,
     higher_is_better,
@@ -78,12 +77,13 @@ from harness.analysis.tables import (
 )
 from harness.analysis.views import (
     ACC_METHODS,
-    ANALYSIS_DIR,
     LAYER_COLUMNS,
     LEVELS,
-    _fetch,
+    SQL,
+    fetch_records,
     load_sql,
     read_sql,
+    saved_queries,
     view_sql,
     with_common,
 )
@@ -91,7 +91,7 @@ from harness.errors import HarnessError
 
 __all__ = [
     "ACC_METHODS",
-    "ANALYSIS_DIR",
+    "SQL",
     "BUDGET_COLUMNS",
     "CORRELATIONS",
     "Correlation",
@@ -112,12 +112,11 @@ __all__ = [
     "ReportContext",
     "SCORES",
     "SECTIONS",
-    "Score",
     "Section",
     "Statistic",
     "Table",
     "VERDICT_COLORS",
-    "_fetch",
+    "fetch_records",
     "build_sections",
     "combine_parts",
     "compute_scores",
@@ -143,6 +142,7 @@ __all__ = [
     "ranking_rows",
     "ranking_summary",
     "read_sql",
+    "saved_queries",
     "records_table",
     "render_html",
     "render_markdown",

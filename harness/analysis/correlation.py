@@ -13,18 +13,21 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness import store
 from harness.analysis.plots import FIGURE_SUFFIXES, scatter_plot
 from harness.analysis.scores import SCORES, combine_parts
-from harness.analysis.stats import _missing, group_stats
+from harness.analysis.stats import group_stats, is_missing
 from harness.analysis.tables import Table, correlation_table
-from harness.analysis.views import LAYER_COLUMNS, VIEW_KEYS, _db_error, view_sql
+from harness.analysis.views import LAYER_COLUMNS, VIEW_KEYS, db_error, view_sql
 from harness.errors import HarnessError
 from harness.store.fileio import check_path
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 _NUMERIC = re.compile(r"^(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DOUBLE|FLOAT|REAL|DECIMAL)", re.I)
 
@@ -171,7 +174,7 @@ def _select(
         try:
             cur = con.execute(sql)
         except duckdb.Error as e:
-            msg = f"--where {where!r}: {_db_error(e)}; columns: {', '.join(columns)}"
+            msg = f"--where {where!r}: {db_error(e)}; columns: {', '.join(columns)}"
             raise HarnessError(msg) from None
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()], virtual
@@ -190,7 +193,7 @@ def _check_where(where: str) -> None:
         try:
             n = len(duckdb.extract_statements(sql))
         except duckdb.Error as e:
-            raise HarnessError(f"--where {where!r}: {_db_error(e)}") from None
+            raise HarnessError(f"--where {where!r}: {db_error(e)}") from None
         if n != 1:
             break
     else:
@@ -202,7 +205,7 @@ def _check_where(where: str) -> None:
 
 
 def _resolve(
-    con: Any, view: str, x: str, y: str, by: Sequence[str], level: str
+    con: DuckDBPyConnection, view: str, x: str, y: str, by: Sequence[str], level: str
 ) -> tuple[list[str], dict[str, list[str]]]:
     """The view's columns and its multi-part scores (``_virtual_scores``); HarnessError when x or
     y is neither a numeric column nor a multi-part score, or a ``by`` column is unknown."""
@@ -242,8 +245,8 @@ def _combine_scores(
         usable = [
             r
             for r in records
-            if all(not _missing(r[p]) for p in parts)
-            and not _missing(r.get(other) if other not in virtual else 0.0)
+            if all(not is_missing(r[p]) for p in parts)
+            and not is_missing(r.get(other) if other not in virtual else 0.0)
         ]
         sets: dict[tuple, list[int]] = {}
         for i, r in enumerate(usable):

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.stats
@@ -22,14 +22,19 @@ import scipy.stats
 from harness import store
 from harness.analysis.stats import (
     POOLINGS,
-    _codes,
-    _missing,
     cluster_bootstrap,
+    is_missing,
+    label_codes,
     stratified,
     units_needed,
 )
-from harness.analysis.views import VIEW_KEYS, _fetch, view_sql, with_common
+from harness.analysis.views import VIEW_KEYS, fetch_records, view_sql, with_common
 from harness.errors import HarnessError
+from harness.spec.registry import METHODS
+from harness.spec.study import PrimaryTest
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 VERDICTS = ("agrees", "disagrees", "inconclusive", "too few runs", "no data")
 
@@ -132,7 +137,7 @@ def evaluate(
     root). Seeded: the same store, tests and seed give the same findings."""
     base = store.results_root(root)
 
-    def run(con: Any) -> list[Finding]:
+    def run(con: DuckDBPyConnection) -> list[Finding]:
         return [_finding(con, key, t, n_boot, seed) for key, t in tests.items()]
 
     if not store.has_results(base):
@@ -140,7 +145,9 @@ def evaluate(
     return store.reading(run, base, scope=None if run_ids is None else list(run_ids))
 
 
-def _finding(con: Any, key: str, test: Any, n_boot: int, seed: int) -> Finding:
+def _finding(
+    con: DuckDBPyConnection, key: str, test: PrimaryTest, n_boot: int, seed: int
+) -> Finding:
     try:
         if test.kind == "noninferiority":
             return _noninferiority(con, key, test, n_boot, seed)
@@ -149,12 +156,12 @@ def _finding(con: Any, key: str, test: Any, n_boot: int, seed: int) -> Finding:
         return _empty(key, test, f"not measurable: {e}")
 
 
-def _empty(key: str, test: Any, note: str) -> Finding:
+def _empty(key: str, test: PrimaryTest, note: str) -> Finding:
     title, claim = TEXTS.get(key, (key, ""))
     return Finding(key, title, claim, describe(test), None, "no data", note=note)
 
 
-def describe(test: Any) -> str:
+def describe(test: PrimaryTest) -> str:
     """The primary test in words: what is compared, how, and what the paper expects."""
     unit = UNIT_NAMES[test.unit]
     if test.kind == "noninferiority":
@@ -176,7 +183,7 @@ def describe(test: Any) -> str:
     )
 
 
-def strata_of(test: Any) -> list[str]:
+def strata_of(test: PrimaryTest) -> list[str]:
     """The strata of a correlation test: the source and downstream datasets, then its own."""
     return list(dict.fromkeys([*ALWAYS_STRATA, *test.strata]))
 
@@ -211,14 +218,14 @@ class Points:
 
 
 def view_records(
-    con: Any, level: str, columns: Sequence[str], where: str | None = None
+    con: DuckDBPyConnection, level: str, columns: Sequence[str], where: str | None = None
 ) -> list[dict[str, Any]]:
     """``columns`` of the analysis view at ``level`` (rows selected by ``where``), in the
     view's key order, so that the bootstrap sees the same rows in the same order every time."""
     keys = VIEW_KEYS[level]
     cols = ", ".join(dict.fromkeys([*keys, *columns]))
     sql = f"SELECT {cols} FROM ({view_sql(con, level)}) v" + (f" WHERE {where}" if where else "")
-    return _fetch(con, sql + f" ORDER BY {', '.join(keys)}")
+    return fetch_records(con, sql + f" ORDER BY {', '.join(keys)}")
 
 
 def points(
@@ -231,7 +238,7 @@ def points(
 ) -> Points:
     """The rows of ``records`` with both x and y, as ``Points``; fixed-effect groups are
     coded within strata (a group never spans two strata)."""
-    keep = [dict(r) for r in records if not _missing(r[x]) and not _missing(r[y])]
+    keep = [dict(r) for r in records if not is_missing(r[x]) and not is_missing(r[y])]
 
     def key(r: Mapping[str, Any], cols: Sequence[str]) -> tuple:
         return tuple(r[c] for c in cols)
@@ -239,8 +246,8 @@ def points(
     return Points(
         np.array([float(r[x]) for r in keep]),
         np.array([float(r[y]) for r in keep]),
-        _codes([key(r, strata) for r in keep]),
-        _codes([key(r, [*strata, *fixed_effects]) for r in keep]),
+        label_codes([key(r, strata) for r in keep]),
+        label_codes([key(r, [*strata, *fixed_effects]) for r in keep]),
         [key(r, unit) for r in keep],
         keep,
     )
@@ -249,7 +256,7 @@ def points(
 def estimate(
     p: Points,
     label: str,
-    test: Any,
+    test: PrimaryTest,
     *,
     pooling: str,
     n_boot: int,
@@ -271,7 +278,7 @@ def estimate(
     return Estimate(label, name, value, lo, hi, n_units, UNIT_NAMES[test.unit], len(p.x))
 
 
-def _no_verdict(est: Estimate, test: Any, what: str) -> tuple[str, str] | None:
+def _no_verdict(est: Estimate, test: PrimaryTest, what: str) -> tuple[str, str] | None:
     """("no data" | "too few runs", note) when the primary estimate cannot give a verdict."""
     if est.n_rows == 0:
         return "no data", f"no {what} has both {test.x} and {test.y}"
@@ -283,7 +290,7 @@ def _no_verdict(est: Estimate, test: Any, what: str) -> tuple[str, str] | None:
     return None
 
 
-def correlation_verdict(est: Estimate, test: Any) -> tuple[str, str]:
+def correlation_verdict(est: Estimate, test: PrimaryTest) -> tuple[str, str]:
     """(verdict, note) of a correlation's primary estimate."""
     unit = UNIT_NAMES[test.unit]
     if (none := _no_verdict(est, test, f"{test.level}-level row")) is not None:
@@ -302,7 +309,9 @@ def correlation_verdict(est: Estimate, test: Any) -> tuple[str, str]:
     return ("agrees" if positive == (test.expected_sign > 0) else "disagrees"), ""
 
 
-def _correlation(con: Any, key: str, test: Any, n_boot: int, seed: int) -> Finding:
+def _correlation(
+    con: DuckDBPyConnection, key: str, test: PrimaryTest, n_boot: int, seed: int
+) -> Finding:
     strata = strata_of(test)
     unit = list(UNIT_COLUMNS[test.unit])
     cols = [test.x, test.y, *strata, *test.fixed_effects, *unit, "arch", "dataset"]
@@ -322,7 +331,7 @@ def _correlation(con: Any, key: str, test: Any, n_boot: int, seed: int) -> Findi
     return found
 
 
-def sensitivity(p: Points, test: Any, n_boot: int, seed: int) -> list[Estimate]:
+def sensitivity(p: Points, test: PrimaryTest, n_boot: int, seed: int) -> list[Estimate]:
     """The other groupings of a correlation, without a verdict: every pooling of all rows, then
     per architecture, per downstream dataset (and per method at the trial level) with the
     fixed effects demeaned. Independent of the primary test's pooling by construction."""
@@ -342,7 +351,9 @@ def sensitivity(p: Points, test: Any, n_boot: int, seed: int) -> list[Estimate]:
     return out
 
 
-def model_selection(con: Any, test: Any, n_boot: int, seed: int) -> list[Estimate]:
+def model_selection(
+    con: DuckDBPyConnection, test: PrimaryTest, n_boot: int, seed: int
+) -> list[Estimate]:
     """Finding 2 with pre-trained features: downstream NC1 of each checkpoint's penultimate
     features vs its linear-probe accuracy, one point per run and dataset (a sensitivity row)."""
     strata = list(ALWAYS_STRATA)
@@ -355,7 +366,7 @@ def model_selection(con: Any, test: Any, n_boot: int, seed: int) -> list[Estimat
     ]
 
 
-def non_monotone(p: Points, test: Any, n_boot: int, seed: int) -> dict[str, Any]:
+def non_monotone(p: Points, test: PrimaryTest, n_boot: int, seed: int) -> dict[str, Any]:
     """'Up to a point': the quadratic coefficient of y on standardised x within strata (fixed
     effects demeaned) with its cluster-bootstrap interval, and where the best row's x sits in
     its stratum's range (0 = lowest x, 1 = highest), averaged over strata."""
@@ -399,7 +410,9 @@ WHERE a.method = $x AND b.method = $y AND a.test_acc IS NOT NULL AND b.test_acc 
 """
 
 
-def method_pairs(con: Any, x: str, y: str, where: str | None = None) -> list[dict[str, Any]]:
+def method_pairs(
+    con: DuckDBPyConnection, x: str, y: str, where: str | None = None
+) -> list[dict[str, Any]]:
     """Per (checkpoint, dataset, budget, seed): the test accuracy of method ``x`` and ``y``
     (each the trial common.sql's ft_seed keeps: sweep-chosen layer, else best validation) and
     ``diff`` = y − x, with both trainable-parameter counts; ``where`` over these columns."""
@@ -408,11 +421,11 @@ def method_pairs(con: Any, x: str, y: str, where: str | None = None) -> list[dic
         + (f" WHERE {where}" if where else "")
         + " ORDER BY run_id, checkpoint, dataset, per_class NULLS LAST, seed"
     )
-    return _fetch(con, sql, {"x": x, "y": y})
+    return fetch_records(con, sql, {"x": x, "y": y})
 
 
 def mean_estimate(
-    recs: Sequence[Mapping[str, Any]], label: str, test: Any, n_boot: int, seed: int
+    recs: Sequence[Mapping[str, Any]], label: str, test: PrimaryTest, n_boot: int, seed: int
 ) -> Estimate:
     """The mean paired difference with its cluster-bootstrap interval over the test's units
     (no interval with fewer than ``test.min_units`` units)."""
@@ -429,7 +442,7 @@ def mean_estimate(
 
 
 def noninferiority_verdict(
-    est: Estimate, test: Any, recs: Sequence[Mapping[str, Any]]
+    est: Estimate, test: PrimaryTest, recs: Sequence[Mapping[str, Any]]
 ) -> tuple[str, str]:
     """(verdict, note): agrees when the lower bound is above −margin, disagrees when the upper
     bound is below it; inconclusive says roughly how many units would settle it."""
@@ -459,7 +472,9 @@ def noninferiority_verdict(
     )
 
 
-def _noninferiority(con: Any, key: str, test: Any, n_boot: int, seed: int) -> Finding:
+def _noninferiority(
+    con: DuckDBPyConnection, key: str, test: PrimaryTest, n_boot: int, seed: int
+) -> Finding:
     recs = method_pairs(con, test.x, test.y, test.where)
     primary = mean_estimate(recs, "primary: all pairs", test, n_boot, seed)
     verdict, note = noninferiority_verdict(primary, test, recs)
@@ -474,7 +489,9 @@ def _noninferiority(con: Any, key: str, test: Any, n_boot: int, seed: int) -> Fi
             found.sensitivity.append(est)
             if col == "per_class":
                 per_budget[str(shown)] = est
-    for other in ("layer", "linear_probe"):
+    # against the references that train less than the whole network and have no skip
+    less = (e.name for e in METHODS.entries() if e.meta.trains != "all" and not e.meta.skip)
+    for other in sorted(less):
         if other not in (test.x, test.y):
             more = method_pairs(con, test.x, other, test.where)
             if more:

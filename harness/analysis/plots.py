@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.analysis.stats import _missing
+from harness.analysis.stats import is_missing
 from harness.analysis.tables import VERDICT_COLORS
+from harness.spec.registry import METHODS
 from harness.store.fileio import atomic_write
 
 if TYPE_CHECKING:
@@ -67,10 +68,10 @@ def scatter_plot(
         color = cmap(i % 10)
         fit = fits.get(label, {})
         text = f"{label} (n={len(xs)}" + (
-            f", r={fit['pearson']:.2f})" if not _missing(fit.get("pearson")) else ")"
+            f", r={fit['pearson']:.2f})" if not is_missing(fit.get("pearson")) else ")"
         )
         ax.scatter(xs, ys, color=color, s=26, alpha=0.85, label=text)
-        if not _missing(fit.get("slope")) and len(xs) >= 2 and np.ptp(xs) > 0:
+        if not is_missing(fit.get("slope")) and len(xs) >= 2 and np.ptp(xs) > 0:
             gx = np.linspace(xs.min(), xs.max(), 50)
             ax.plot(gx, fit["slope"] * gx + fit["intercept"], color=color, lw=1.6)
     ax.set_xlabel(xlabel)
@@ -91,7 +92,7 @@ def _short(text: str, width: int = 56) -> str:
 
 
 def _finite(*vs: Any) -> bool:
-    return all(not _missing(v) for v in vs)
+    return all(not is_missing(v) for v in vs)
 
 
 def _estimates(finding: Finding) -> list[tuple[Any, bool]]:
@@ -166,7 +167,7 @@ def forest_plot(findings: Sequence[Finding], path: str | os.PathLike) -> Path:
 
 
 def _x(r: Mapping[str, Any]) -> float:
-    return r["depth_frac"] if not _missing(r.get("depth_frac")) else r["layer_index"]
+    return r["depth_frac"] if not is_missing(r.get("depth_frac")) else r["layer_index"]
 
 
 def _curves(
@@ -176,7 +177,7 @@ def _curves(
     runs: dict[str, list[tuple[float, float]]] = {}
     color_of: dict[str, Any] = {}
     for r in recs:
-        if not _missing(r[y]):
+        if not is_missing(r[y]):
             runs.setdefault(r["run_id"], []).append((_x(r), r[y]))
             color_of[r["run_id"]] = colors.get(r.get(key), "#555555")
     for run, pts in sorted(runs.items()):
@@ -207,7 +208,7 @@ def depth_plot(
     panels = sorted(
         {(r["side"], r["dataset"]) for r in records}, key=lambda p: (p[0] != "source", p)
     )
-    accs = [r for r in acc_records if r.get("method") and not _missing(r.get("acc"))]
+    accs = [r for r in acc_records if r.get("method") and not is_missing(r.get("acc"))]
     ncol = len(panels) + bool(accs)
     fig, axes = plt.subplots(
         len(archs), ncol, figsize=(3.9 * ncol, 2.9 * len(archs) + 0.4), squeeze=False, sharex=True
@@ -255,13 +256,15 @@ def _log_y(ax: Any) -> None:
 
 def _acc_panel(ax: Any, recs: Sequence[Mapping[str, Any]], arch: str) -> None:
     """Accuracy of fine-tuning each layer: faint, one line per run and method; bold, the mean
-    over runs per method (Layer FT solid grey, SCL FT dashed blue, other methods dotted)."""
+    over runs per method (Layer FT solid grey, SCL FT, with its skip, dashed blue, methods
+    that train no single layer dotted)."""
     from matplotlib.lines import Line2D
 
     def style(method: str) -> dict[str, Any]:
-        return dict(
-            ls=_ACC_STYLES.get(method, ":"), color="#0969da" if method == "scl" else "#57606a"
-        )
+        meta = METHODS.meta(method) if method in METHODS else None
+        skip = meta is not None and meta.skip
+        ls = "--" if skip else "-" if meta is not None and meta.trains == "layer" else ":"
+        return dict(ls=ls, color="#0969da" if skip else "#57606a")
 
     for (_run, method), mine in sorted(_group(recs, ("run_id", "method")).items()):
         pts = sorted((_x(r), r["acc"]) for r in mine)
@@ -276,9 +279,6 @@ def _acc_panel(ax: Any, recs: Sequence[Mapping[str, Any]], arch: str) -> None:
     ax.grid(alpha=0.3)
     found = sorted({r["method"] for r in recs})
     ax.legend(handles=[Line2D([], [], label=m, **style(m)) for m in found], fontsize=7)
-
-
-_ACC_STYLES = {"layer": "-", "scl": "--"}
 
 
 def _group(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, list]:

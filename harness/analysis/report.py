@@ -28,25 +28,27 @@ from harness.analysis.plots import (
     scatter_plot,
 )
 from harness.analysis.scores import ranking_rows
-from harness.analysis.stats import _missing, group_stats
+from harness.analysis.stats import group_stats, is_missing
 from harness.analysis.tables import (
     MIN_GROUP,
     VERDICT_COLORS,
     Table,
-    _fmt,
     correlation_table,
     findings_table,
+    format_value,
     interval_cell,
     mean_interval,
     ranking_summary,
     records_table,
     verdict_slug,
 )
-from harness.analysis.views import _fetch, read_sql, with_common
+from harness.analysis.views import fetch_records, read_sql, with_common
 from harness.errors import HarnessError
 from harness.store.fileio import atomic_write_text
 
 if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+
     from harness.analysis.findings import Finding
 
 INLINE_ROWS = 12  # longer tables are collapsed (<details>)
@@ -74,7 +76,7 @@ class ReportContext:
     """What every section builder reads: the (scoped) connection, the output folder and the
     bootstrap settings."""
 
-    con: Any
+    con: DuckDBPyConnection
     out: Path
     n_boot: int = 1000
     seed: int = 0
@@ -92,7 +94,7 @@ class ReportContext:
         section records its own text (the report prints the shared block once)."""
         where, own = query_text(name, shared=False)
         sec.queries.append((where, own))
-        return _fetch(self.con, with_common(own))
+        return fetch_records(self.con, with_common(own))
 
 
 NO_DATA = "no data yet"
@@ -119,11 +121,11 @@ ORDER BY arch, loss, run_id""",
 
 def query_text(name: str, *, shared: bool = True) -> tuple[str, str]:
     """(where the query is kept, its text): ``INLINE_SQL`` or ``analysis/<name>.sql``; complete
-    (the shared CTEs of ``analysis/common.sql`` in front) unless ``shared=False``."""
+    (the shared CTEs of ``harness/analysis/sql/common.sql`` in front) unless ``shared=False``."""
     if name in INLINE_SQL:
         where, own = f"harness/analysis/report.py INLINE_SQL[{name!r}]", INLINE_SQL[name]
     else:
-        where, own = f"analysis/{name}.sql", read_sql(name)
+        where, own = f"harness/analysis/sql/{name}.sql", read_sql(name)
     return where, with_common(own) if shared else own.strip()
 
 
@@ -232,10 +234,10 @@ def _layer_section(ctx: ReportContext, name: str) -> Section:
 
 
 def auto_gap_line(recs: Sequence[Mapping[str, Any]]) -> str:
-    """One line on ``layer: auto`` from ``analysis/layer_auto_gap.sql``'s records: the mean gap
+    """One line on ``layer: auto`` from ``harness/analysis/sql/layer_auto_gap.sql``'s records: the mean gap
     to the best block the study tried, and how often the pick was that block."""
     head = "layer: auto"  # plain text: items are not Markdown in the HTML page
-    ok = [r for r in recs if not _missing(r["gap_pts"])]
+    ok = [r for r in recs if not is_missing(r["gap_pts"])]
     if not ok:
         return f"{head} — no run and dataset where SCL ran at the picked block and another."
     gap = sum(r["gap_pts"] for r in ok) / len(ok)
@@ -314,14 +316,14 @@ def _runs_summary(recs: Sequence[Mapping[str, Any]], ci: float) -> Table:
 
     groups: dict[tuple, list[float]] = {}
     for r in recs:
-        if not _missing(r["source_acc"]):
+        if not is_missing(r["source_acc"]):
             groups.setdefault((r["arch"], r["loss"], r["source"]), []).append(r["source_acc"])
     rows = []
     for (arch, loss, source), accs in sorted(groups.items(), key=str):
         if len(accs) >= MIN_GROUP:
             m, s = float(np.mean(accs)), float(np.std(accs))
             lo, hi = mean_interval(m, s, len(accs), ci)
-            rows.append([_fmt(arch), _fmt(loss), _fmt(source), str(len(accs)), f"{m:.4g}",
+            rows.append([format_value(arch), format_value(loss), format_value(source), str(len(accs)), f"{m:.4g}",
                          interval_cell(lo, hi, ".4g")])  # fmt: skip
     cols = ["arch", "loss", "source", "runs", "source_acc", "CI"]
     return Table(cols, rows, caption="per architecture and loss")
@@ -427,7 +429,7 @@ def render_markdown(sections: Sequence[Section], header: str = "", alert: str = 
 
 
 SHARED_ID = "shared-sql"
-SHARED_TITLE = "Shared SQL (analysis/common.sql)"
+SHARED_TITLE = "Shared SQL (harness/analysis/sql/common.sql)"
 SHARED_NOTE = (
     "The CTEs every query above runs after, printed once. To run a query with harness query, "
     "put this block first and the query after it (a query's own WITH then becomes a comma)."

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,10 @@ import scipy.special
 import scipy.stats
 
 from harness import store
-from harness.analysis.stats import _missing
+from harness.analysis.stats import is_missing
 from harness.errors import HarnessError
+from harness.spec import registry
+from harness.spec.registry import ScoreMeta
 
 
 def _features(features: Any) -> np.ndarray:
@@ -204,39 +205,20 @@ def nc_scores(features: Any, labels: Any) -> dict[str, float]:
     return nc.nc_metrics(f, y, num_classes=k)
 
 
-@dataclass(frozen=True)
-class Score:
-    """A transferability score: ``fn(features, labels, source_probs)``.
-
-    ``fn`` returns a float, or a dict: the raw parts of one score when ``parts`` maps each part to
-    its sign in the combined score, else several independent scores (a family)."""
-
-    fn: Callable[[np.ndarray, np.ndarray, np.ndarray | None], float | dict[str, float]]
-    higher_is_better: bool = True
-    needs_source: bool = False
-    parts: Mapping[str, float] | None = None
-
-
-SCORES: dict[str, Score] = {
-    "logme": Score(lambda f, y, p: logme(f, y)),
-    "leep": Score(lambda f, y, p: leep(p, y), needs_source=True),
-    "ncti": Score(lambda f, y, p: ncti_parts(f, y), parts={"seli": 1.0, "ncc": 1.0, "vc": -1.0}),
-    "nc": Score(lambda f, y, p: nc_scores(f, y)),  # family: nc1, nc1_svd, cdnv, nc2_*, ncc_acc, ...
-}
-# harness.nc.METRICS, spelled out because importing harness.nc loads torch (a test keeps them
-# equal). All but ncc_acc measure the distance from collapse: lower should predict better transfer.
-NC_METRICS = (
-    "nc1", "nc1_svd", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc2_etf",
-    "nc3", "nc4", "ncc_acc",
-)  # fmt: skip
+# The scores of ``harness.spec.registry.SCORES`` by name, with their metadata. A score's
+# function (the entry's target) is ``fn(features, labels)``, or ``fn(source_probs, labels)`` when
+# it needs the source classifier; it returns a float, or a dict: the raw parts of one score when
+# ``parts`` maps each part to its sign in the combined score, else several scores (a family).
+SCORES: Mapping[str, ScoreMeta] = {e.name: e.meta for e in registry.SCORES.entries()}
+NC_METRICS = registry.NC_METRICS.names()
 
 
 def higher_is_better(score: str) -> bool:
     """Whether a larger value of ``score`` should predict a better model (unknown: True)."""
     if score in SCORES:
         return SCORES[score].higher_is_better
-    if score in NC_METRICS:
-        return score == "ncc_acc"
+    if score in registry.NC_METRICS:
+        return registry.NC_METRICS.meta(score).higher_is_better
     return True
 
 
@@ -247,7 +229,7 @@ def _evaluate(
     values splits its wall time evenly between them, so wall_s sums to the cost of scoring."""
     unknown = [s for s in names or () if s not in SCORES]
     if unknown:
-        raise HarnessError(f"unknown score {unknown[0]!r}; scores: {', '.join(SCORES)}")
+        raise HarnessError(registry.SCORES.unknown(unknown[0]))
     f = _features(features)
     _labels(labels, len(f))
     out = []
@@ -258,7 +240,8 @@ def _evaluate(
                 raise HarnessError(f"score {name!r} needs source_probs (source-classifier softmax)")
             continue
         t0 = time.perf_counter()
-        value = spec.fn(f, labels, source_probs)
+        fn = registry.SCORES.load(name)
+        value = fn(source_probs, labels) if spec.needs_source else fn(f, labels)
         wall = time.perf_counter() - t0
         if isinstance(value, dict):
             items = [
@@ -368,7 +351,7 @@ def rank_eval(
     ``score_cost`` / ``finetune_cost`` (wall seconds per model) over the ranked models, and their
     ratio ``speedup`` = fine-tuning / scoring."""
     models = sorted(
-        (m for m in scores if m in accs and not _missing(scores[m]) and not _missing(accs[m])),
+        (m for m in scores if m in accs and not is_missing(scores[m]) and not is_missing(accs[m])),
         key=str,
     )
     if len(models) < 2:
@@ -389,7 +372,7 @@ def rank_eval(
     )
     for key, cost in (("score_s", score_cost), ("finetune_s", finetune_cost)):
         vals = [cost.get(m) for m in models] if cost is not None else []
-        out[key] = float(sum(v for v in vals if not _missing(v))) if vals else float("nan")
+        out[key] = float(sum(v for v in vals if not is_missing(v))) if vals else float("nan")
     out["speedup"] = (
         out["finetune_s"] / out["score_s"]
         if out["score_s"] and out["score_s"] > 0

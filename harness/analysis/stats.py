@@ -20,7 +20,8 @@ import scipy.stats
 MIN_POINTS = 3  # fewer points per group: correlations are reported as missing
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """A value that counts as absent: None, NaN or infinite."""
     return v is None or (isinstance(v, float) and not math.isfinite(v))
 
 
@@ -192,7 +193,7 @@ def group_stats(
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """``correlate_groups`` over query records (rows with a missing x or y are skipped), and
     the points of each group for plotting."""
-    keep = [r for r in records if not _missing(r[x]) and not _missing(r[y])]
+    keep = [r for r in records if not is_missing(r[x]) and not is_missing(r[y])]
     xs = np.array([float(r[x]) for r in keep])
     ys = np.array([float(r[y]) for r in keep])
     labels = [_group_label(r, by) for r in keep]
@@ -213,7 +214,7 @@ def group_stats(
 # resample with its strata and fixed effects.
 
 
-def _codes(labels: Sequence[Any]) -> np.ndarray:
+def label_codes(labels: Sequence[Any]) -> np.ndarray:
     """Integer codes of row labels (any hashable values, None included)."""
     index: dict[Any, int] = {}
     return np.array([index.setdefault(v, len(index)) for v in labels], dtype=np.int64)
@@ -271,7 +272,7 @@ def stratified(
     """The statistic within each stratum (strata are never pooled), after taking the fixed
     effects ``groups`` out of x and y within it (``_within``), averaged over strata weighted by
     their points. Strata with fewer than ``MIN_POINTS`` usable points or an undefined value are
-    left out; none left: NaN. ``strata`` and ``groups`` are integer codes (``_codes``)."""
+    left out; none left: NaN. ``strata`` and ``groups`` are integer codes (``label_codes``)."""
     fn = STRATUM_STATISTICS[statistic]
     total, weight = 0.0, 0
     for s in np.unique(strata):
@@ -303,7 +304,7 @@ def cluster_bootstrap(
     undefined statistic are left out; none left (or ``n_boot`` 0): (NaN, NaN). Units given as
     one label per row; ``units = range(n)`` is the ordinary row bootstrap."""
     nan = float("nan")
-    code = _codes(units)
+    code = label_codes(units)
     k = int(code.max()) + 1 if len(code) else 0
     if n_boot <= 0 or k == 0:
         return nan, nan

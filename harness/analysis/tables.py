@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.analysis.stats import CORRELATIONS, _missing
+from harness.analysis.stats import CORRELATIONS, is_missing
 
 if TYPE_CHECKING:
     from harness.analysis.findings import Finding
@@ -96,8 +96,8 @@ def _numeric(cell: str) -> bool:
     return True
 
 
-def _fmt(v: Any, spec: str = ".4g") -> str:
-    if _missing(v):
+def format_value(v: Any, spec: str = ".4g") -> str:
+    if is_missing(v):
         return "—"
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -108,7 +108,7 @@ def _fmt(v: Any, spec: str = ".4g") -> str:
 
 def interval_cell(lo: Any, hi: Any, spec: str = ".3f") -> str:
     """'[lo, hi]', or a dash when the interval is missing."""
-    if _missing(lo) or _missing(hi):
+    if is_missing(lo) or is_missing(hi):
         return "—"
     return f"[{lo:{spec}}, {hi:{spec}}]"
 
@@ -128,13 +128,17 @@ def correlation_table(rows: Sequence[Mapping[str, Any]], min_n: int = 0) -> Tabl
             continue
         cells = [str(r["group"]), str(r["n"])]
         for name in CORRELATIONS:
-            est = _fmt(r[name], ".3f")
-            if not _missing(r[f"{name}_lo"]):
+            est = format_value(r[name], ".3f")
+            if not is_missing(r[f"{name}_lo"]):
                 est += " " + interval_cell(r[f"{name}_lo"], r[f"{name}_hi"])
             cells.append(est)
             if name != "weighted_tau":
-                cells.append(_fmt(r[f"{name}_p"], ".2g"))
-        cells += [_fmt(r["slope"]), _fmt(r["intercept"]), _fmt(r["r2"], ".3f")]
+                cells.append(format_value(r[f"{name}_p"], ".2g"))
+        cells += [
+            format_value(r["slope"]),
+            format_value(r["intercept"]),
+            format_value(r["r2"], ".3f"),
+        ]
         out.append(cells)
     return Table(cols, out)
 
@@ -144,7 +148,7 @@ def records_table(
 ) -> Table:
     """A table of plain records (the rows of a SQL query)."""
     cols = list(columns or (records[0].keys() if records else []))
-    return Table(cols, [[_fmt(r.get(c)) for c in cols] for r in records], caption=caption)
+    return Table(cols, [[format_value(r.get(c)) for c in cols] for r in records], caption=caption)
 
 
 def _units(n: int, unit: str) -> str:
@@ -157,7 +161,7 @@ def estimate_cell(est: Any) -> str:
     if est is None:
         return "no estimate"
     vals = (est.value, est.lo, est.hi)
-    if any(_missing(v) for v in vals):
+    if any(is_missing(v) for v in vals):
         return f"{est.statistic} = n/a"
     d = 2 if max(abs(v) for v in vals) >= 0.1 else 3
     return f"{est.statistic} = {est.value:+.{d}f} [{est.lo:+.{d}f}, {est.hi:+.{d}f}]"
@@ -181,7 +185,7 @@ def mean_interval(mean: Any, std_pop: Any, n: Any, ci: float = 0.95) -> tuple[fl
     with fewer than two values."""
     import scipy.stats
 
-    if _missing(mean) or _missing(std_pop) or not n or n < 2:
+    if is_missing(mean) or is_missing(std_pop) or not n or n < 2:
         return math.nan, math.nan
     half = float(scipy.stats.t.ppf((1 + ci) / 2, n - 1)) * std_pop / math.sqrt(n - 1)
     return mean - half, mean + half
@@ -193,7 +197,7 @@ def ranking_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     import numpy as np
 
     def mean(vals: list[Any]) -> float:
-        vals = [float(v) for v in vals if not _missing(v)]
+        vals = [float(v) for v in vals if not is_missing(v)]
         return float(np.mean(vals)) if vals else math.nan
 
     out = []

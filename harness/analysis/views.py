@@ -1,9 +1,9 @@
-"""SQL of the analysis: the saved queries of ``analysis/`` and the analysis view.
+"""SQL of the analysis: the saved queries of ``harness/analysis/sql/`` and the analysis view.
 
-The saved queries (``analysis/*.sql``) share the CTEs of ``analysis/common.sql`` (``with_common``),
+The saved queries (``harness/analysis/sql/*.sql``) share the CTEs of ``harness/analysis/sql/common.sql`` (``with_common``),
 so every query the report prints runs as shown with ``harness query``. The analysis view
 (``view_sql``) is the one table ``harness correlate`` resolves its column names against: its rows
-and fixed columns come from ``analysis/_view_*.sql``; only the columns that depend on what the
+and fixed columns come from ``harness/analysis/sql/_view_*.sql``; only the columns that depend on what the
 store holds (one per NC metric, fine-tuning method and score) are pivoted here.
 """
 
@@ -12,28 +12,38 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import TYPE_CHECKING, Any
 
 from harness.analysis.scores import SCORES
 from harness.errors import HarnessError
+from harness.spec.registry import LAYER_METHODS, METHODS
 
-ANALYSIS_DIR = Path(__file__).resolve().parents[2] / "analysis"
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
+
+SQL = resources.files("harness.analysis") / "sql"  # package data: the wheel ships it
 _WITH = re.compile(r"^\s*WITH\b", re.IGNORECASE)
 
 
+def saved_queries() -> list[Traversable]:
+    """The saved queries (``harness/analysis/sql/*.sql``), by name."""
+    return sorted((p for p in SQL.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
+
+
 def read_sql(name: str) -> str:
-    """The text of ``analysis/<name>.sql``."""
-    path = ANALYSIS_DIR / f"{name}.sql"
+    """The text of saved query ``<name>`` (``harness/analysis/sql/<name>.sql``)."""
+    path = SQL / f"{name}.sql"
     if not path.is_file():
-        have = sorted(p.stem for p in ANALYSIS_DIR.glob("*.sql"))
-        raise HarnessError(f"no saved query {name!r} in {ANALYSIS_DIR}; queries: {', '.join(have)}")
+        have = [p.name.removesuffix(".sql") for p in saved_queries()]
+        raise HarnessError(f"no saved query {name!r}; queries: {', '.join(have)}")
     return path.read_text()
 
 
 def with_common(body: str) -> str:
     """``body`` (a query, with or without its own CTEs) preceded by the CTEs of
-    ``analysis/common.sql``: a complete query that runs as is with ``harness query``."""
+    ``harness/analysis/sql/common.sql``: a complete query that runs as is with ``harness query``."""
     lines = body.strip().splitlines()
     head = 0
     while head < len(lines) and (not lines[head].strip() or lines[head].lstrip().startswith("--")):
@@ -47,22 +57,24 @@ def with_common(body: str) -> str:
 
 
 def load_sql(name: str) -> str:
-    """A saved query of ``analysis/`` with the shared CTEs in front (see ``with_common``)."""
+    """A saved query of ``harness/analysis/sql/`` with the shared CTEs in front (see ``with_common``)."""
     return with_common(read_sql(name))
 
 
-def _db_error(e: Exception) -> str:
+def db_error(e: Exception) -> str:
     """A DuckDB error as one line, without its echo of the (long, generated) query."""
     return " ".join(str(e).split("\nLINE ")[0].split())
 
 
-def _fetch(con: Any, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+def fetch_records(
+    con: DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None
+) -> list[dict[str, Any]]:
     import duckdb
 
     try:
         cur = con.execute(sql, params or [])
     except duckdb.Error as e:
-        raise HarnessError(_db_error(e)) from None
+        raise HarnessError(db_error(e)) from None
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -87,8 +99,7 @@ VIEW_KEYS = {  # what identifies one row of the analysis view at each level
     "trial": ["trial_id"],
 }
 LAYER_COLUMNS = ("layer", "layer_index", "depth_frac")
-ACC_METHODS = ("linear_probe", "full", "layer", "scl")  # always offered as acc_<method>
-LAYER_METHODS = ("layer", "scl")  # fine-tune one layer: at layer level, their accuracy per layer
+ACC_METHODS = METHODS.names()  # always offered as acc_<method>
 
 # One pivoted part of the view: (CTE name, the rows it pivots, the keys it joins on, its columns
 # as (column, expression) pairs).
@@ -105,7 +116,7 @@ class _Names:
     layer_methods: set[str]
 
 
-def view_sql(con: Any, level: str = "model", split: str = "train") -> str:
+def view_sql(con: DuckDBPyConnection, level: str = "model", split: str = "train") -> str:
     """The analysis view: one query whose columns ``harness correlate`` resolves names against.
 
     ``level='model'``: one row per (run_id, dataset) with dataset the downstream dataset (runs
@@ -128,7 +139,7 @@ def view_sql(con: Any, level: str = "model", split: str = "train") -> str:
     ``ft_<m>``: NC of the trial's fine-tuned penultimate features on its train split, and
     ``down_<m>``: NC of the pre-trained penultimate features on the same dataset (``split``).
 
-    The rows and fixed columns are ``analysis/_view_<level>.sql``; the columns named after what
+    The rows and fixed columns are ``harness/analysis/sql/_view_<level>.sql``; the columns named after what
     the store holds are pivoted onto them here."""
     if level not in LEVELS:
         raise HarnessError(f"unknown level {level!r}; levels: {', '.join(LEVELS)}")
@@ -136,10 +147,10 @@ def view_sql(con: Any, level: str = "model", split: str = "train") -> str:
     return _view_query(level, split, _view_parts(level, names))
 
 
-def _view_names(con: Any, level: str) -> _Names:
+def _view_names(con: DuckDBPyConnection, level: str) -> _Names:
     """The names always offered (so that "no data yet" reads as no rows, not as an unknown
-    name), plus whatever the store holds (``analysis/_view_columns.sql``)."""
-    found = _fetch(con, load_sql("_view_columns"))
+    name), plus whatever the store holds (``harness/analysis/sql/_view_columns.sql``)."""
+    found = fetch_records(con, load_sql("_view_columns"))
 
     def of(kind: str) -> list[dict[str, Any]]:
         return [r for r in found if r["kind"] == kind]
@@ -170,7 +181,7 @@ def _score_pivot(keys: Iterable[tuple[str, str | None]]) -> list[tuple[str, str]
 
 def _view_parts(level: str, names: _Names) -> list[_Part]:
     """The pivoted parts of the view at ``level``, in column order, over the rows that
-    ``analysis/_view_<level>.sql`` (or common.sql) names."""
+    ``harness/analysis/sql/_view_<level>.sql`` (or common.sql) names."""
     src = _pivot("max(value)", "metric", names.metrics, "source_")
     down = _pivot("max(value)", "metric", names.metrics, "down_")
     scores = _score_pivot(names.scores)
@@ -203,7 +214,7 @@ def _view_parts(level: str, names: _Names) -> list[_Part]:
 
 
 def _view_query(level: str, split: str, parts: Sequence[_Part]) -> str:
-    """``analysis/_view_run.sql`` and ``_view_<level>.sql`` after the chosen ``split``
+    """``harness/analysis/sql/_view_run.sql`` and ``_view_<level>.sql`` after the chosen ``split``
     (view_split), then each pivoted part grouped by its keys and joined onto view_base."""
     ctes = [
         f"view_split AS (SELECT {_lit(split)} AS split)",

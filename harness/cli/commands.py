@@ -15,8 +15,7 @@ from typing import NoReturn
 
 from harness.errors import HarnessError as CLIError
 from harness.spec import bounds
-
-EXECUTORS = ["auto", "slurm", "local", "debug"]
+from harness.spec.registry import EXECUTOR_CHOICES
 
 
 def _bounded(field: str) -> Callable[[str], int | float]:
@@ -73,7 +72,7 @@ def _add_spec(p: argparse.ArgumentParser, what: str, executor_help: str | None =
     """The spec file argument, and ``--executor`` for commands that run jobs."""
     p.add_argument("spec", help=f"YAML spec: {what}")
     if executor_help:
-        p.add_argument("--executor", choices=EXECUTORS, default=None, help=executor_help)
+        p.add_argument("--executor", choices=EXECUTOR_CHOICES, default=None, help=executor_help)
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:
@@ -109,10 +108,10 @@ def _study_scope(path: str | None) -> list[str] | None:
     """The pre-training run ids of the study spec at ``path`` (None: the whole root)."""
     if path is None:
         return None
-    from harness.spec import config
     from harness.spec import study as studyspec
+    from harness.spec.load import load_spec
 
-    return config.load_spec(path, kind=studyspec.StudySpec).run_ids()
+    return load_spec(path, kind=studyspec.StudySpec).run_ids()
 
 
 class Command:
@@ -169,11 +168,11 @@ class Submit(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from harness.cluster import submit
-        from harness.spec import config
+        from harness.spec.load import load_spec
 
         flags = [(f, getattr(args, f)) for _, f, _, _ in RESOURCE_FLAGS]
         overrides = [f"resources.{k}={v}" for k, v in flags if v is not None] + args.set
-        spec = config.load_spec(args.spec, overrides)
+        spec = load_spec(args.spec, overrides)
         executor = args.executor or spec.executor
         submit.submit(
             spec,
@@ -265,7 +264,7 @@ class Sweep(Command):
         p.add_argument(
             "--slurm",
             action="store_true",
-            help="run on a Ray cluster inside a SLURM allocation (slurm/ray-sweep.sbatch)",
+            help="run on a Ray cluster inside a SLURM allocation (cluster/templates/ray-sweep.sbatch)",
         )
         for flag, field, default, text in (
             ("--nodes", "nodes", 2, "nodes of the allocation"),
@@ -284,16 +283,18 @@ class Sweep(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from harness.cluster import sweep
-        from harness.spec import config
+        from harness.spec.config import SweepSpec
+        from harness.spec.load import load_spec
 
-        spec = config.load_spec(args.spec, args.set, kind=config.SweepSpec)
+        spec = load_spec(args.spec, args.set, kind=SweepSpec)
         if args.slurm:
+            from harness.cluster.slurm_sweep import submit_slurm
+
             keys = ("nodes", "cpus_per_task", "partition", "wait", "retry_failed")
             slurm = {k: getattr(args, k) for k in keys}
-            return sweep.submit_slurm(
-                args.spec, args.set, root=args.results, time_min=args.time, **slurm
-            )
+            return submit_slurm(args.spec, args.set, root=args.results, time_min=args.time, **slurm)
+        from harness.cluster import sweep
+
         counts = sweep.run(
             spec, root=args.results, address=args.address, retry_failed=args.retry_failed
         )
@@ -445,10 +446,10 @@ class Report(Command):
                 allow_damaged=args.allow_damaged,
             )
         from harness import store, study
-        from harness.spec import config
         from harness.spec import study as studyspec
+        from harness.spec.load import load_spec
 
-        spec = config.load_spec(args.study, kind=studyspec.StudySpec)
+        spec = load_spec(args.study, kind=studyspec.StudySpec)
         report = {"bootstrap": args.bootstrap, "seed": args.seed}
         report.update({"out": args.out} if args.out else {})
         spec = spec.model_copy(update={"report": spec.report.model_copy(update=report)})
@@ -474,10 +475,10 @@ class Run(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from harness import study
-        from harness.spec import config
         from harness.spec import study as studyspec
+        from harness.spec.load import load_spec
 
-        spec = config.load_spec(args.spec, args.set, kind=studyspec.StudySpec)
+        spec = load_spec(args.spec, args.set, kind=studyspec.StudySpec)
         executor = None if args.executor in (None, "auto") else args.executor
         study.run(
             spec,

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-
-EXECUTORS = ("slurm", "local", "debug")
+from harness.spec.config import Resources
+from harness.spec.registry import EXECUTORS
 
 
 def slurm_reachable() -> bool:
@@ -29,22 +29,19 @@ def slurm_reachable() -> bool:
 def choose_executor(requested: str | None = None) -> tuple[str, str]:
     """(executor, why): ``requested`` if given, else slurm when reachable, else local."""
     if requested:
-        if requested not in EXECUTORS:
-            raise HarnessError(f"unknown executor {requested!r}; valid: {', '.join(EXECUTORS)}")
+        EXECUTORS[requested]  # an unknown name is one line
         return requested, "requested"
     if slurm_reachable():
         return "slurm", "sbatch is reachable"
     return "local", "no reachable SLURM controller (sbatch/sinfo)"
 
 
-def make_executor(kind: str, folder: str | os.PathLike, res: Any, name: str = "harness"):
+def make_executor(kind: str, folder: str | os.PathLike, res: Resources, name: str = "harness"):
     """A submitit executor of ``kind`` with ``res`` applied (SLURM-only fields only on SLURM).
     ``res`` is a spec's ``harness.spec.config.Resources`` (what each job asks for)."""
     import submitit
 
-    if kind not in EXECUTORS:
-        raise HarnessError(f"unknown executor {kind!r}; valid: {', '.join(EXECUTORS)}")
-    if kind != "slurm" and res.nodes > 1:
+    if not EXECUTORS.meta(kind).multi_node and res.nodes > 1:
         raise HarnessError(f"{kind} executor runs on one node; got nodes={res.nodes}")
     Path(folder).mkdir(parents=True, exist_ok=True)
     kw = {"slurm_max_num_timeout": res.max_num_timeout} if kind == "slurm" else {}
@@ -60,11 +57,8 @@ def make_executor(kind: str, folder: str | os.PathLike, res: Any, name: str = "h
         params["mem_gb"] = res.mem_gb
     if kind == "slurm":
         params["slurm_signal_delay_s"] = res.signal_delay_s
-        extra = dict(getattr(res, "extra", None) or {})
         if res.requeue:
-            extra.setdefault("requeue", True)
-        if extra:
-            params["slurm_additional_parameters"] = extra
+            params["slurm_additional_parameters"] = {"requeue": True}
         if res.partition:
             params["slurm_partition"] = res.partition
     ex.update_parameters(**params)

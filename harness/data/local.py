@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.registry import DATA_ROOT_ENV, DatasetInfo, RawData, register
+from harness.data.dataset_info import DatasetInfo, RawData
+from harness.data.registry import DATA_ROOT_ENV, builder
 from harness.errors import HarnessError
 
 
@@ -43,14 +44,14 @@ def _cifar(root: str | None, cls_name: str, folder: str, name: str) -> RawData:
     return RawData(DatasetInfo(name, len(classes), 3, 32, classes), images, labels, is_test=is_test)
 
 
-@register("cifar10", root_env=True)
-def _cifar10(root: str | None) -> RawData:
+@builder(root_env=True)
+def cifar10(root: str | None) -> RawData:
     """CIFAR-10 from ``root/cifar-10-batches-py``."""
     return _cifar(root, "CIFAR10", "cifar-10-batches-py", "cifar10")
 
 
-@register("cifar100", root_env=True)
-def _cifar100(root: str | None) -> RawData:
+@builder(root_env=True)
+def cifar100(root: str | None) -> RawData:
     """CIFAR-100 (fine labels) from ``root/cifar-100-python``."""
     return _cifar(root, "CIFAR100", "cifar-100-python", "cifar100")
 
@@ -85,8 +86,8 @@ def _imagefolder_info(root: str | None, *, image_size: int = 32) -> DatasetInfo:
     return DatasetInfo("imagefolder", len(names_), 3, image_size, names_)
 
 
-@register("imagefolder", describe=_imagefolder_info)
-def _imagefolder(root: str | None, *, image_size: int = 32) -> RawData:
+@builder(describe=_imagefolder_info)
+def imagefolder(root: str | None, *, image_size: int = 32) -> RawData:
     """A torchvision ImageFolder (class per subfolder), RGB, resized to ``image_size`` squared."""
     from PIL import Image
     from torchvision.datasets import ImageFolder

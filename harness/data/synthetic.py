@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.data.registry import DatasetInfo, RawData, register
+from harness.data.dataset_info import DatasetInfo, RawData
+from harness.data.registry import builder
 from harness.errors import HarnessError
 
 
@@ -58,11 +59,11 @@ def _fft_shift(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 def _synthetic_info(root: str | None, **options: Any) -> DatasetInfo:
     """``synthetic_hier``'s info for ``options`` (checked like the builder's), generating nothing."""
-    return _synthetic_hier(root, False, **options).info
+    return synthetic_hier.fn(root, False, **options).info
 
 
-@register("synthetic_hier", describe=_synthetic_info, seeded=True)
-def _synthetic_hier(
+@builder(describe=_synthetic_info, seeded=True)
+def synthetic_hier(
     root: str | None,
     generate: bool = True,
     /,

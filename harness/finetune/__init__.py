@@ -16,7 +16,8 @@ registry keyed by timm model class) so that the frozen prefix before the first t
 run on their own (``methods``: ``Method`` and ``FinetuneNet``). Without augmentation the frozen
 prefix is deterministic, so its outputs are computed once per (checkpoint, data, stage) and kept in
 an ``ActivationCache`` (``cache``: RAM up to a budget, then memory-mapped files on disk), shared by
-every epoch and every later trial of the process. ``trial`` holds ``TrialConfig`` and ``run_trial``.
+every epoch and every later trial of the process. ``trial`` validates a ``TrialConfig`` (``harness.spec.trial``) and runs it (``run_trial``).
+``worker`` runs one trial of a sweep inside its Ray Tune worker (imported on its own, not here).
 """
 
 from harness.finetune.cache import (
@@ -49,10 +50,12 @@ from harness.finetune.trial import (
     EVAL_BATCH,
     NC_MAX_SAMPLES,
     ROW_COLUMNS,
-    VAL_PER_CLASS,
-    TrialConfig,
+    load_split,
+    load_val,
     run_trial,
+    validate,
 )
+from harness.spec.trial import VAL_PER_CLASS, TrialConfig
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -76,9 +79,12 @@ __all__ = [
     "decompose",
     "default_cache",
     "layer_problem",
+    "load_split",
+    "load_val",
     "register_stages",
     "run_stages",
     "run_trial",
     "scl_blocks",
     "select",
+    "validate",
 ]

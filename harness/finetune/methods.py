@@ -7,7 +7,6 @@ output can be cached.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,32 +15,47 @@ from torch import nn
 from harness import models
 from harness.errors import HarnessError
 from harness.finetune.stages import Stage, choices, decompose, run_stages, select
+from harness.spec import registry
+from harness.spec.registry import MethodMeta
 
 
 @dataclass(frozen=True)
 class Method:
-    """A fine-tuning method: which stages train (given the stages and the indices of the blocks
-    layer L selects: one block, or every block of a stage), and whether the classifier also
-    reads block L's output (the SCL skip connection; for a whole stage, its last block's)."""
+    """A fine-tuning method as the trainer sees it: its registry entry
+    (``harness.spec.registry.METHODS``: what trains, whether it needs layer L, whether the
+    classifier also reads block L, the SCL skip connection; for a whole stage, its last
+    block's)."""
 
     name: str
-    needs_layer: bool
-    trains: Callable[[list[Stage], list[int]], set[int]]
-    skip: bool = False
+    meta: MethodMeta
     doc: str = ""
+
+    @property
+    def needs_layer(self) -> bool:
+        return self.meta.needs_layer
+
+    @property
+    def skip(self) -> bool:
+        return self.meta.skip
+
+    def trains(self, stages: list[Stage], layer_blocks: list[int]) -> set[int]:
+        """The indices of the stages that train, given the blocks layer L selects."""
+        rule = self.meta.trains
+        if rule == "all":
+            return set(range(len(stages)))
+        return set(layer_blocks) if rule == "layer" else set()
 
 
 METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("linear_probe", False, lambda st, L: set(), doc="classifier on frozen features"),
-        Method("full", False, lambda st, L: set(range(len(st))), doc="every parameter"),
-        Method("layer", True, lambda st, L: set(L), doc="block(s) L + classifier"),
-        Method(
-            "scl", True, lambda st, L: set(L), skip=True, doc="block L + classifier on [L, pre]"
-        ),
-    )
+    e.name: Method(e.name, e.meta, e.doc) for e in registry.METHODS.entries()
 }
+
+
+def method_of(name: str) -> Method:
+    """The ``Method`` of ``name``; an unknown name is the registry's one line."""
+    if (bad := registry.METHODS.problem(name)) is not None:
+        raise HarnessError(bad)
+    return METHODS[name]
 
 
 def layer_problem(
@@ -69,10 +83,8 @@ def layer_problem(
 def check_layer(model: nn.Module, method: str, layer: str | None) -> None:
     """Raise a one-line HarnessError unless ``layer`` is a valid block L for ``method`` on
     ``model`` (a ``PretrainNet`` or a timm backbone); needs no data and no forward pass."""
-    if method not in METHODS:
-        raise HarnessError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     backbone = model.backbone if isinstance(model, models.PretrainNet) else model
-    bad = layer_problem(decompose(backbone), METHODS[method], layer, type(backbone).__name__)
+    bad = layer_problem(decompose(backbone), method_of(method), layer, type(backbone).__name__)
     if bad is not None:
         raise HarnessError(bad)
 
@@ -117,10 +129,8 @@ class FinetuneNet(nn.Module):
         pool: str = models.AUTO_POOL,
     ):
         super().__init__()
-        if method not in METHODS:
-            raise HarnessError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
         self.backbone = backbone
-        self.method = METHODS[method]
+        self.method = method_of(method)
         self.pool = models.resolve_pool(backbone, pool)
         self.n_prefix_tokens = int(getattr(backbone, "num_prefix_tokens", 0) or 0)
         self.stages = decompose(backbone)
@@ -165,7 +175,7 @@ class FinetuneNet(nn.Module):
         for i in range(self.start, len(self.stages)):
             h = self.stages[i].run(h)
             if i == self.layer_index:
-                out[self.stages[i].name] = models._pool(h, self.pool, self.n_prefix_tokens)
+                out[self.stages[i].name] = models.pool_features(h, self.pool, self.n_prefix_tokens)
         out[models.PRE_LOGITS] = h.flatten(1)
         return out
 

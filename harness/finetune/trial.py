@@ -1,4 +1,5 @@
-"""One fine-tuning trial: its settings (``TrialConfig``) and ``run_trial``, step by step.
+"""One fine-tuning trial, step by step: ``validate`` its settings (``harness.spec.trial.TrialConfig``)
+against the model and data, then ``run_trial``.
 
 ``run_trial`` loads the checkpoint, builds the network for the method, opens the splits behind the
 frozen prefix (from the activation cache where the data is unaugmented), trains with SGD on a
@@ -14,8 +15,8 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
-from typing import Any, get_args, get_type_hints
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,17 +28,11 @@ from harness.errors import HarnessError
 from harness.finetune.cache import ActivationCache, Activations, default_cache
 from harness.finetune.methods import METHODS, FinetuneNet, build_net, check_layer
 from harness.nc import nc_metrics
-from harness.spec import bounds
+from harness.spec.trial import TrialConfig
 from harness.train.schedule import cosine_lr
 
 EVAL_BATCH = 256  # batch for passes without gradients (cache fill, evaluation, NC)
 NC_MAX_SAMPLES = 2000  # downstream NC is measured on at most this many train samples
-# Validation follows the budget: a trial with per_class = k validates on min(k, VAL_PER_CLASS)
-# samples of each class, drawn (seeded by the trial's seed, stratified) from the val split; with
-# per_class None on the whole val split. Few-shot model selection then sees few-shot validation
-# data (as the paper's regime has), and the cap keeps larger budgets from paying for
-# evaluation. A class with fewer val samples than that gives all it has.
-VAL_PER_CLASS = 50
 # The `finetune` table columns run_trial fills; the caller adds the rest (trial_id, run_id,
 # status, error, and whatever else the sweep records).
 ROW_COLUMNS = (
@@ -61,118 +56,60 @@ ROW_COLUMNS = (
 )
 
 
-@dataclass
-class TrialConfig:
-    """One fine-tuning trial. ``layer`` is block L (a block of the layer registry, e.g.
-    ``layer3.1`` / ``blocks.7``, or a whole ResNet stage ``layer3``; required for
-    ``layer``/``scl``, None otherwise); ``per_class`` is the downstream training budget (None:
-    all; it also sizes the validation set, see ``VAL_PER_CLASS``); ``pool`` pools block-L tokens
-    of a ViT for the SCL skip (``auto``: as the model's classifier does, CLS or the patch mean;
-    CNN maps are averaged)."""
+def validate(cfg: TrialConfig, model: nn.Module | None = None) -> None:
+    """Raise a one-line HarnessError for a bad setting of ``cfg``: its own settings, then its
+    layer on ``model`` (the loaded checkpoint, loaded here when not given) and its budget on
+    the data."""
+    cfg.check_settings()
+    _validate_layer(cfg, model)
+    _validate_budget(cfg)
 
-    checkpoint: str
-    dataset: str
-    method: str
-    layer: str | None = None
-    per_class: int | None = None
-    epochs: int = 10
-    lr: float = 0.01
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    batch_size: int = 64
-    seed: int = 0
-    augment: str = "none"
-    pool: str = models.AUTO_POOL
-    data_root: str | None = None
-    data_kwargs: dict = field(default_factory=dict)
-    nc: bool = True
 
-    def validate(self, model: nn.Module | None = None) -> None:
-        """Raise a one-line HarnessError for a bad setting; ``model`` (the loaded checkpoint)
-        is loaded here when the layer check needs it and it is not given."""
-        _check_settings(self)
-        self._validate_layer(model)
-        self._validate_budget()
-
-    def _validate_layer(self, model: nn.Module | None) -> None:
-        method = METHODS[self.method]
-        if not method.needs_layer:
-            if self.layer is not None:
-                raise HarnessError(
-                    f"method {self.method} fine-tunes no single layer; leave layer unset "
-                    f"(got {self.layer!r})"
-                )
-            return
-        if model is None:
-            model, _ = models.load_checkpoint(self.checkpoint)
-        check_layer(model, self.method, self.layer)
-
-    def _validate_budget(self) -> None:
-        if self.per_class is None:
-            return
-        ds = self._load("train")
-        counts = np.bincount(ds.targets, minlength=ds.info.num_classes)
-        c = int(counts.argmin())
-        if counts[c] < self.per_class:
-            name = ds.info.class_names[c] if ds.info.class_names else str(c)
+def _validate_layer(cfg: TrialConfig, model: nn.Module | None) -> None:
+    if not METHODS[cfg.method].needs_layer:
+        if cfg.layer is not None:
             raise HarnessError(
-                f"per_class={self.per_class} is more than {self.dataset}/train has of class "
-                f"{name!r} ({counts[c]} samples, the smallest class)"
+                f"method {cfg.method} fine-tunes no single layer; leave layer unset "
+                f"(got {cfg.layer!r})"
             )
-
-    def val_per_class(self) -> int | None:
-        """Samples per class of the validation set (None: the whole val split)."""
-        return None if self.per_class is None else min(self.per_class, VAL_PER_CLASS)
-
-    def load_val(self) -> data.ArrayDataset:
-        """The validation set of this budget (``VAL_PER_CLASS``): stratified, seeded."""
-        ds = self._load("val")
-        k = self.val_per_class()
-        if k is None:
-            return ds
-        rng = np.random.default_rng(self.seed)
-        targets = np.asarray(ds.targets)
-        keep = [rng.permutation(np.flatnonzero(targets == c))[:k] for c in np.unique(targets)]
-        rows = np.sort(np.concatenate(keep))
-        sub = copy.copy(ds)
-        sub.ids, sub.targets = ds.ids[rows], targets[rows]
-        return sub
-
-    def _load(self, split: str, **kw: Any) -> data.ArrayDataset:
-        return data.load(
-            self.dataset, split, root=self.data_root, seed=self.seed, **kw, **self.data_kwargs
-        )
+        return
+    if model is None:
+        model, _ = models.load_checkpoint(cfg.checkpoint)
+    check_layer(model, cfg.method, cfg.layer)
 
 
-# trial fields that may be None (``per_class``: the whole train split)
-_OPTIONAL = frozenset(
-    n for n, t in get_type_hints(TrialConfig).items() if type(None) in get_args(t)
-)
-
-
-def setting_problem(name: str, value: Any) -> tuple[tuple[str, ...], str] | None:
-    """``(key path below the field, message)`` when trial field ``name`` may not be ``value``
-    because of its range in ``harness.spec.bounds`` (numeric fields and dataset options), else None.
-    A sweep spec checks every value of its grid with this before any trial exists."""
-    if value is None and name in _OPTIONAL:
-        return None
-    return bounds.problem(name, value)
-
-
-def _check_settings(cfg: TrialConfig) -> None:
-    """The checks of ``TrialConfig.validate`` that need neither the model nor the data."""
-    if cfg.method not in METHODS:
-        raise HarnessError(f"unknown method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    for f in fields(cfg):
-        bad = setting_problem(f.name, getattr(cfg, f.name))
-        if bad is not None:
-            raise HarnessError(f"{'.'.join((f.name, *bad[0]))} {bad[1]}")
-    if cfg.augment not in data.AUGMENTATIONS:
+def _validate_budget(cfg: TrialConfig) -> None:
+    if cfg.per_class is None:
+        return
+    ds = load_split(cfg, "train")
+    counts = np.bincount(ds.targets, minlength=ds.info.num_classes)
+    c = int(counts.argmin())
+    if counts[c] < cfg.per_class:
+        name = ds.info.class_names[c] if ds.info.class_names else str(c)
         raise HarnessError(
-            f"unknown augment {cfg.augment!r}; valid: {', '.join(data.AUGMENTATIONS)}"
+            f"per_class={cfg.per_class} is more than {cfg.dataset}/train has of class "
+            f"{name!r} ({counts[c]} samples, the smallest class)"
         )
-    if cfg.pool not in models.POOLS:
-        raise HarnessError(f"unknown pool {cfg.pool!r}; valid: {', '.join(models.POOLS)}")
+
+
+def load_val(cfg: TrialConfig) -> data.ArrayDataset:
+    """The validation set of the trial's budget (``VAL_PER_CLASS``): stratified, seeded."""
+    ds = load_split(cfg, "val")
+    k = cfg.val_per_class()
+    if k is None:
+        return ds
+    rng = np.random.default_rng(cfg.seed)
+    targets = np.asarray(ds.targets)
+    keep = [rng.permutation(np.flatnonzero(targets == c))[:k] for c in np.unique(targets)]
+    rows = np.sort(np.concatenate(keep))
+    sub = copy.copy(ds)
+    sub.ids, sub.targets = ds.ids[rows], targets[rows]
+    return sub
+
+
+def load_split(cfg: TrialConfig, split: str, **kw: Any) -> data.ArrayDataset:
+    """Split ``split`` of the trial's dataset (its root, options and seed)."""
+    return data.load(cfg.dataset, split, root=cfg.data_root, seed=cfg.seed, **kw, **cfg.data_kwargs)
 
 
 class _Split:
@@ -285,8 +222,8 @@ def run_trial(
     Raises FloatingPointError on a NaN/inf loss."""
     t0 = time.perf_counter()
     model, info = models.load_checkpoint(cfg.checkpoint)
-    cfg.validate(model)
-    train_ds = cfg._load("train", per_class=cfg.per_class, augment=cfg.augment)
+    validate(cfg, model)
+    train_ds = load_split(cfg, "train", per_class=cfg.per_class, augment=cfg.augment)
     net = _build_trial_net(cfg, model, info, train_ds)
     splits = _open_splits(cfg, net, train_ds, default_cache() if cache is None else cache)
     best_val, best_epoch = _fit(cfg, net, splits, report)
@@ -330,9 +267,11 @@ def _open_splits(
     train = split("train", train_ds, cfg.per_class)
     train_eval = train
     if cfg.augment != "none":
-        train_eval = split("train", cfg._load("train", per_class=cfg.per_class), cfg.per_class)
-    val = split("val", cfg.load_val(), cfg.val_per_class())
-    test = split("test", cfg._load("test"))
+        train_eval = split(
+            "train", load_split(cfg, "train", per_class=cfg.per_class), cfg.per_class
+        )
+    val = split("val", load_val(cfg), cfg.val_per_class())
+    test = split("test", load_split(cfg, "test"))
     return _Splits(train, train_eval, val, test)
 
 

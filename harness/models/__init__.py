@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,22 +15,11 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.spec import catalog
+from harness.spec import registry
+from harness.spec.trial import AUTO_POOL, POOLS
 from harness.store.fileio import atomic_write
 
 CHECKPOINT_FORMAT = "harness-checkpoint-v1"
-PRESETS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_preset(name: str):
-    """Register a tiny model builder ``f(num_classes, in_chans, img_size, **kw)`` by name."""
-
-    def deco(fn):
-        PRESETS[name] = fn
-        catalog.PRESET_ARCHS.add(name)
-        return fn
-
-    return deco
 
 
 def _small_resnet_stem(model: nn.Module, in_chans: int, stem_width: int) -> nn.Module:
@@ -40,7 +29,6 @@ def _small_resnet_stem(model: nn.Module, in_chans: int, stem_width: int) -> nn.M
     return model
 
 
-@register_preset("resnet_tiny")
 def resnet_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: Any) -> nn.Module:
     """timm ResNet, BasicBlock [2,2,5,5], stage widths 16-24-32-32 after timm's 64-channel stem
     (~0.22 M params).
@@ -62,7 +50,6 @@ def resnet_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: A
     return _small_resnet_stem(m, in_chans, m.conv1.out_channels)
 
 
-@register_preset("vit_tiny")
 def vit_tiny(num_classes: int, in_chans: int = 1, img_size: int = 28, **kw: Any) -> nn.Module:
     """timm VisionTransformer, depth 12, dim 48, 3 heads, MLP ratio 2, patch 7 (16 tokens + CLS
     at 28 px), classifying from CLS: each block is ~8% of the parameters (per-block fine-tuning
@@ -88,15 +75,14 @@ def create_model(
     arch: str, num_classes: int, in_chans: int = 3, img_size: int = 32, **kw: Any
 ) -> nn.Module:
     """A tiny preset by name, or any timm architecture (random init) adapted to the input."""
-    if arch in PRESETS:
-        return PRESETS[arch](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
+    if arch in registry.ARCHS:
+        preset = registry.ARCHS.load(arch)
+        assert callable(preset)
+        return preset(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
     import timm
 
     if not timm.is_model(arch):
-        raise HarnessError(
-            f"unknown architecture {arch!r}; presets: {', '.join(sorted(PRESETS))}; "
-            "or any timm name (timm.list_models())"
-        )
+        raise HarnessError(registry.ARCHS.unknown(arch) + " (timm.list_models())")
     args: dict[str, Any] = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **kw)
     try:
         model = timm.create_model(arch, img_size=img_size, **args)
@@ -316,8 +302,6 @@ class Layer:
 
 
 PRE_LOGITS = "pre_logits"
-AUTO_POOL = "auto"
-POOLS = (AUTO_POOL, "avg", "mean", "cls")
 
 
 def _root(model: nn.Module) -> nn.Module:
@@ -394,7 +378,7 @@ def resolve_pool(model: nn.Module, pool: str | None) -> str:
     return pool
 
 
-def _pool(t: Any, pool: str, n_prefix: int = 0) -> torch.Tensor:
+def pool_features(t: Any, pool: str, n_prefix: int = 0) -> torch.Tensor:
     """B×C×H×W maps → B×C (average); ViT tokens → CLS (first prefix token) or the mean of the
     patch tokens (prefix tokens excluded, as timm's own avg pool)."""
     if isinstance(t, tuple):  # forward_intermediates(return_prefix_tokens=True): (patches, prefix)
@@ -449,12 +433,12 @@ class LayerFeatures:
                 for ly, t in zip(
                     [ly for ly in self.layers if ly.kind == "feature"], inter, strict=True
                 ):
-                    out[ly.name] = _pool(t, self.pool)
+                    out[ly.name] = pool_features(t, self.pool)
         else:
             final, caught = self._hooked(x)
             for ly in self.layers:
                 if ly.kind == "feature":
-                    out[ly.name] = _pool(
+                    out[ly.name] = pool_features(
                         caught[ly.name], self.pool, getattr(m, "num_prefix_tokens", 0)
                     )
         pre = m.forward_head(final, pre_logits=True)

@@ -12,27 +12,27 @@ import torch
 from harness.errors import HarnessError
 from harness.nc.formulas import (
     VARIANTS,
-    _cdnv,
-    _centred_means,
-    _descending,
-    _nc1_pinv,
-    _nc1_quotient,
-    _nc1_svd,
-    _nc2_equiangular,
-    _nc2_equinorm,
-    _nc2_etf,
-    _nc3,
-    _spectrum,
-    _within_full,
-    _within_projected,
+    cdnv,
+    centred_means,
+    descending,
+    nc1_pinv,
+    nc1_quotient,
+    nc1_svd,
+    nc2_equiangular,
+    nc2_equinorm,
+    nc2_etf,
+    nc3,
+    spectrum,
+    within_full,
+    within_projected,
 )
-from harness.nc.inputs import _as_classifier, _as_features, _as_labels, _as_rows
+from harness.nc.inputs import as_classifier, as_features, as_labels, as_rows
 from harness.nc.scatter import FAST_MIN_DIM, RowBlock, ScatterBlock
 from harness.nc.stats import (
-    _plan_second_pass,
-    _second_pass_columns,
-    _SecondPassPlan,
-    _tally_second_pass,
+    SecondPassPlan,
+    plan_second_pass,
+    second_pass_columns,
+    tally_second_pass,
 )
 
 FULL_MAX_DIM = 4096
@@ -66,7 +66,7 @@ class NCAccumulator:
         self.precision = precision
         self.dim: int | None = None
         self.second_done = False
-        self._plan: _SecondPassPlan | None = None
+        self._plan: SecondPassPlan | None = None
         self._block: ScatterBlock | None = None
         self._rows2: RowBlock | None = None  # pass-2 columns waiting for their block
         self._columns: torch.Tensor | None = None  # what pass 2 multiplies each batch with
@@ -139,8 +139,8 @@ class NCAccumulator:
         """Add a batch (pass 1)."""
         if self.second_done or self._plan is not None:
             raise HarnessError("NCAccumulator.update after the second pass started")
-        x = _as_rows(features)
-        y = _as_labels(labels, x.shape[0], self.num_classes)
+        x = as_rows(features)
+        y = as_labels(labels, x.shape[0], self.num_classes)
         if self.dim is None:
             self._init(x.shape[1])
         if x.shape[1] != self.dim:
@@ -220,7 +220,7 @@ class NCAccumulator:
         if self.dim is None:
             raise HarnessError("no features were accumulated")
         self._flush()
-        return _centred_means(self.n, self.mu)
+        return centred_means(self.n, self.mu)
 
     # -- pass 2 -----------------------------------------------------------------------------
     def update_second(
@@ -228,19 +228,19 @@ class NCAccumulator:
     ) -> NCAccumulator:
         """Pass 2 over the same data: NCC accuracy, nc4 (with a classifier) and, in projected
         mode, Σ_W on the span of the class means. The classifier may also be given to compute()."""
-        x = _as_rows(features)
-        y = _as_labels(labels, x.shape[0], self.num_classes)
+        x = as_rows(features)
+        y = as_labels(labels, x.shape[0], self.num_classes)
         if self.dim is None or x.shape[1] != self.dim:
             raise HarnessError("update_second: run update() over the data first (same dimension)")
         if self._plan is None:
             self._start_second()
         if classifier is not None:
-            cls = _as_classifier(classifier, bias, self.num_classes, self.dim)
+            cls = as_classifier(classifier, bias, self.num_classes, self.dim)
             if self._second_cls is None or not _same_classifier(cls, self._second_cls):
                 self._set_second_classifier(cls)
         if x.shape[0] == 0:
             return self
-        G = _second_pass_columns(x, self._columns)
+        G = second_pass_columns(x, self._columns)
         step = self._rows2.rows
         for s in range(0, x.shape[0], step):
             if self._rows2.full(min(step, x.shape[0] - s)):
@@ -264,7 +264,7 @@ class NCAccumulator:
         if block is None:
             return
         G, y = block
-        correct, disagree, scatter = _tally_second_pass(G, y, self._plan, self._second_cls)
+        correct, disagree, scatter = tally_second_pass(G, y, self._plan, self._second_cls)
         self.ncc_correct += correct
         self.ncc_disagree += disagree
         if scatter is not None:
@@ -274,7 +274,7 @@ class NCAccumulator:
     def _start_second(self) -> None:
         """Freeze what pass 2 needs from the final pass-1 means."""
         self._flush()
-        self._plan = _plan_second_pass(self.n, self.mu, self.mode == "projected")
+        self._plan = plan_second_pass(self.n, self.mu, self.mode == "projected")
         r = self._plan.basis.shape[1]
         self.Wp = torch.zeros(r, r, dtype=torch.float64)
         self._set_second_classifier(None)
@@ -310,15 +310,15 @@ class NCAccumulator:
         tr_w = float(self.ss.sum()) / N  # = tr Σ_W, float64 in every plan
         w_dir = None
         if self.mode == "full":
-            lam, V = _spectrum(M)
-            w_dir = _within_full(self.W, V, N)
+            lam, V = spectrum(M)
+            w_dir = within_full(self.W, V, N)
         elif self._second_complete(N):
-            lam, w_dir = _within_projected(self.Wp, self.basis, M, N)
+            lam, w_dir = within_projected(self.Wp, self.basis, M, N)
         if w_dir is not None:
-            lam, w_dir = _descending(lam, w_dir)
-            out["nc1"] = _nc1_pinv(lam, w_dir, K)
-            out["nc1_svd"] = _nc1_svd(lam, w_dir, K)
-        out["nc1_quotient"] = _nc1_quotient(tr_w, M)
+            lam, w_dir = descending(lam, w_dir)
+            out["nc1"] = nc1_pinv(lam, w_dir, K)
+            out["nc1_svd"] = nc1_svd(lam, w_dir, K)
+        out["nc1_quotient"] = nc1_quotient(tr_w, M)
         return out
 
     def compute(self, classifier: Any = None, bias: Any = None) -> dict[str, float]:
@@ -330,18 +330,18 @@ class NCAccumulator:
         out = self._nc1_metrics(M, N)
         norms2 = (M * M).sum(1)
         G = M @ M.T
-        out["cdnv"] = _cdnv(self.ss[present] / n, norms2, G)
+        out["cdnv"] = cdnv(self.ss[present] / n, norms2, G)
         norms = norms2.sqrt()
-        out["nc2_equinorm"] = _nc2_equinorm(norms)
-        out["nc2_equiangular"] = _nc2_equiangular(M, norms)
-        out["nc2_etf"] = _nc2_etf(G)
+        out["nc2_equinorm"] = nc2_equinorm(norms)
+        out["nc2_equiangular"] = nc2_equiangular(M, norms)
+        out["nc2_etf"] = nc2_etf(G)
         cls = (
-            _as_classifier(classifier, bias, self.num_classes, self.dim)
+            as_classifier(classifier, bias, self.num_classes, self.dim)
             if classifier is not None
             else self._second_cls
         )
         if cls is not None:  # NC3: classifier rows of the present classes vs the centred means
-            out["nc3"] = _nc3(cls[0][present], M)
+            out["nc3"] = nc3(cls[0][present], M)
         if self._second_complete(N):
             out["ncc_acc"] = self.ncc_correct / self.n2
             if self._second_cls is not None:
@@ -368,12 +368,12 @@ def nc_metrics(
 
     In memory a second pass costs O(N·D·K), far less than the O(N·D²) scatter of one-pass
     ``full`` mode, so the default is the exact two-pass ``projected`` plan."""
-    x = _as_features(features, check=False, convert=False)  # chunks convert to float64
+    x = as_features(features, check=False, convert=False)  # chunks convert to float64
     if num_classes is None:
         yy = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
         num_classes = int(yy.max().item()) + 1 if yy.numel() else 2
     acc = NCAccumulator(max(num_classes, 2), mode=mode)
-    y = _as_labels(labels, x.shape[0], acc.num_classes)
+    y = as_labels(labels, x.shape[0], acc.num_classes)
     chunks = range(0, max(x.shape[0], 1), CHUNK)  # cache-sized chunks: no N×D temporaries
     for s in chunks:
         acc.update(x[s : s + CHUNK], y[s : s + CHUNK])

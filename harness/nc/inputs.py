@@ -10,7 +10,7 @@ import torch
 from harness.errors import HarnessError
 
 
-def _as_features(
+def as_features(
     x: Any, where: str = "features", check: bool = True, convert: bool = True
 ) -> torch.Tensor:
     """A 2-D CPU tensor (float64 unless ``convert`` is false); ``check`` rejects NaN/inf."""
@@ -20,19 +20,19 @@ def _as_features(
     if convert or not torch.is_floating_point(t):
         t = t.to("cpu", torch.float64)
     if check:
-        _check_finite(t, where)
+        check_finite(t, where)
     return t
 
 
-def _as_rows(x: Any) -> torch.Tensor:
+def as_rows(x: Any) -> torch.Tensor:
     """A 2-D CPU tensor in float32 or float64 as given (float16/bfloat16 widened to float32,
     integers to float64), for the plans that choose their own arithmetic."""
-    t = _as_features(x, check=False, convert=False)
+    t = as_features(x, check=False, convert=False)
     keep = t.dtype in (torch.float32, torch.float64)
     return t.to("cpu", t.dtype if keep else torch.float32)
 
 
-def _check_finite(t: torch.Tensor, where: str = "features") -> None:
+def check_finite(t: torch.Tensor, where: str = "features") -> None:
     if not torch.isfinite(t).all():
         bad = (~torch.isfinite(t)).any(1).nonzero()[0, 0].item()
         raise HarnessError(
@@ -40,7 +40,7 @@ def _check_finite(t: torch.Tensor, where: str = "features") -> None:
         )
 
 
-def _as_labels(y: Any, n: int, num_classes: int, where: str = "labels") -> torch.Tensor:
+def as_labels(y: Any, n: int, num_classes: int, where: str = "labels") -> torch.Tensor:
     t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).detach().cpu()
     if t.ndim != 1:
         raise HarnessError(f"{where}: expected a 1-D array, got shape {tuple(t.shape)}")
@@ -55,10 +55,10 @@ def _as_labels(y: Any, n: int, num_classes: int, where: str = "labels") -> torch
     return t
 
 
-def _as_classifier(
+def as_classifier(
     W: Any, b: Any, num_classes: int, dim: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    Wt = _as_features(W, where="classifier")
+    Wt = as_features(W, where="classifier")
     if tuple(Wt.shape) != (num_classes, dim):
         raise HarnessError(
             f"classifier: shape {tuple(Wt.shape)} != (num_classes, dim) = ({num_classes}, {dim})"

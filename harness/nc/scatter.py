@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from harness.errors import HarnessError
-from harness.nc.inputs import _check_finite
+from harness.nc.inputs import check_finite
 
 FAST_MIN_DIM = 128  # below, float64 products add little to the per-batch work: float64 plan
 BLOCK_ROWS = 8192  # rows per block (a large, efficient GEMM; its merge costs O(D²))
@@ -118,7 +118,7 @@ class ScatterBlock(RowBlock):
         else:
             rows.copy_(x).sub_(g)  # widen exactly, then centre in float64 (no temporary)
         if not torch.isfinite(rows.sum()):  # NaN/inf in x (or float32 overflow: caught at merge)
-            _check_finite(x)
+            check_finite(x)
         self._keep(y)
 
     def _new_shifts(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -132,7 +132,7 @@ class ScatterBlock(RowBlock):
         sums = torch.zeros(self.num_classes, x.shape[1], dtype=x.dtype).index_add_(0, y, x)
         shift = (sums[new] / n[new, None]).to(self.buf.dtype)
         if not torch.isfinite(shift).all():
-            _check_finite(x)
+            check_finite(x)
         self.shift[new] = shift
         self.shifted |= new
         self.all_shifted = bool(self.shifted.all())

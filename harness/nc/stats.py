@@ -7,15 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.nc.formulas import _centred_means, _spectrum
-from harness.nc.inputs import _check_finite
+from harness.nc.formulas import centred_means, spectrum
+from harness.nc.inputs import check_finite
 
 # ---------------------------------------------------------------------------------------------
 # Pass 2: nearest class centre and, in projected mode, Σ_W on the span of the class means
 
 
 @dataclass(frozen=True)
-class _SecondPassPlan:
+class SecondPassPlan:
     """What pass 2 needs, frozen from the final pass-1 means: the present classes, the basis V
     (D×r) of the between-class span, P = [Mᵀ V] (projected mode; Mᵀ alone in full mode),
     μ_G·M_c, ‖M_c‖² and μ_c·V for every class."""
@@ -34,10 +34,10 @@ class _SecondPassPlan:
         return self.P if cls is None else torch.cat([self.P, cls[0].T], 1).contiguous()
 
 
-def _plan_second_pass(n: torch.Tensor, mu: torch.Tensor, projected: bool) -> _SecondPassPlan:
-    present, mu_g, M = _centred_means(n, mu)
-    _, basis = _spectrum(M)
-    return _SecondPassPlan(
+def plan_second_pass(n: torch.Tensor, mu: torch.Tensor, projected: bool) -> SecondPassPlan:
+    present, mu_g, M = centred_means(n, mu)
+    _, basis = spectrum(M)
+    return SecondPassPlan(
         classes=present.nonzero().flatten(),
         basis=basis,
         P=(torch.cat([M.T, basis], 1) if projected else M.T).contiguous(),
@@ -48,23 +48,23 @@ def _plan_second_pass(n: torch.Tensor, mu: torch.Tensor, projected: bool) -> _Se
     )
 
 
-def _second_pass_columns(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+def second_pass_columns(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """x·columns in float64 for one batch (one GEMM: nearest class centre, projection on Σ_B's
     span and logits at once); raises on NaN/inf features."""
     G = x.to(torch.float64) @ columns
     if not torch.isfinite(G.sum()):
-        _check_finite(x)
+        check_finite(x)
     return G
 
 
-def _tally_second_pass(
+def tally_second_pass(
     G: torch.Tensor,
     y: torch.Tensor,
-    plan: _SecondPassPlan,
+    plan: SecondPassPlan,
     cls: tuple[torch.Tensor, torch.Tensor | None] | None,
 ) -> tuple[int, int, torch.Tensor | None]:
     """(NCC hits, NCC/classifier disagreements, projected scatter ZᵀZ or None) of a block of
-    ``_second_pass_columns`` rows."""
+    ``second_pass_columns`` rows."""
     k = plan.classes.numel()
     r = plan.basis.shape[1] if plan.projected else 0
     # argmin_c ‖x−μ_c‖² = argmin_c ‖M_c‖² − 2 (x−μ_G)·M_c

@@ -12,20 +12,16 @@ that importing this module stays cheap and timm is only loaded for a non-preset 
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-import os
-import shlex
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, Self
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
@@ -33,20 +29,57 @@ from pydantic import (
     model_validator,
 )
 
-from harness.errors import HarnessError
-from harness.spec import bounds
+from harness.spec import bounds, registry
+from harness.spec.identity import run_id
 from harness.spec.problems import Loc, Problem, SpecError, check, dotted, harness_error, problems_of
+from harness.spec.registry import AUTO_EXECUTOR
+from harness.spec.trial import setting_problem, trial_fields
 
 
 def _choices(names: Iterable[str]) -> str:
     return ", ".join(sorted(names))
 
 
+def dataset_problem(name: object) -> str | None:
+    """Why ``name`` is not a dataset a spec may name (a registered name, or
+    ``<name>:<path>`` for a source that takes a path), else None."""
+    base, sep, path = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if base in registry.DATASETS and (
+        not sep or (path and registry.DATASETS.meta(base).takes_path)
+    ):
+        return None
+    return registry.DATASETS.unknown(name)
+
+
+def one_of(reg: registry.Registry[Any]) -> Callable[[str], str]:
+    """A field validator: the value is a name of ``reg`` (else the registry's one line)."""
+
+    def check(v: str) -> str:
+        return reg.checked(v)
+
+    return check
+
+
+def known_executor(v: str) -> str:
+    """An executor name or ``auto`` (a field validator of the specs that choose one)."""
+    if v != AUTO_EXECUTOR and v not in registry.EXECUTORS:
+        raise ValueError(f"{registry.EXECUTORS.unknown(v)}, or {AUTO_EXECUTOR}")
+    return v
+
+
+def _is_timm_model(name: str) -> bool:
+    """Whether timm knows architecture ``name``: the one place the spec layer reads timm (its
+    model list), imported here (seconds) only for a name that is not a preset."""
+    import timm
+
+    return bool(timm.is_model(name))
+
+
 # --------------------------------------------------------------------------------------------
 # Models
 
 
-class _Spec(BaseModel):
+class SpecModel(BaseModel):
     """Common base: unknown keys are errors, every numeric field (and loss or dataset option)
     lies in its range in ``harness.spec.bounds``, and ``from_dict`` gives one-line errors that list
     every problem.
@@ -99,17 +132,17 @@ class _Spec(BaseModel):
 _LATER_FIELDS: dict[str, Any] = {"optimizer": "sgd"}
 
 
-class PretrainConfig(_Spec):
+class PretrainConfig(SpecModel):
     """One pre-training run. Its canonical JSON (all fields, defaults included) is hashed into
     ``run_id``, so any field change makes a new run and equal configs share results."""
 
     arch: str
     dataset: str
     data_root: str | None = None
-    data_kwargs: dict[str, Any] = {}
+    data_kwargs: dict[str, JsonValue] = {}
     loss: str = "ce"
     loss_kwargs: dict[str, float] = {}
-    augment: Literal["none", "weak", "strong"] = "none"
+    augment: str = "none"
     head_depth: int = 0
     head_dim: int = 128
     epochs: int = 5
@@ -128,37 +161,21 @@ class PretrainConfig(_Spec):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from harness.spec.catalog import PRESET_ARCHS
-
-        if v in PRESET_ARCHS:
+        if v in registry.ARCHS:
             return v
-        import timm  # slow (~seconds): only for names that are not presets
-
-        if not timm.is_model(v):
-            raise ValueError(
-                f"unknown arch {v!r}; valid: {_choices(PRESET_ARCHS)}, or any timm model name"
-            )
+        if not _is_timm_model(v):
+            raise ValueError(registry.ARCHS.unknown(v))
         return v
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        from harness.data import names
-
-        if v not in names() and not v.startswith("imagefolder:"):
-            raise ValueError(
-                f"unknown dataset {v!r}; valid: {_choices(names())}, or imagefolder:<path>"
-            )
+        if (bad := dataset_problem(v)) is not None:
+            raise ValueError(bad)
         return v
 
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        from harness.spec.catalog import LOSS_OPTIONS
-
-        if v not in LOSS_OPTIONS:
-            raise ValueError(f"unknown loss {v!r}; valid: {_choices(LOSS_OPTIONS)}")
-        return v
+    _known_augment = field_validator("augment")(one_of(registry.AUGMENTATIONS))
+    _known_loss = field_validator("loss")(one_of(registry.LOSSES))
 
     @field_validator("loss_kwargs")
     @classmethod
@@ -166,10 +183,8 @@ class PretrainConfig(_Spec):
         """Option names must be ones the chosen loss accepts (a typo would otherwise only fail
         when the job builds the loss, long after submission); unchecked when the loss itself is
         wrong."""
-        from harness.spec.catalog import LOSS_OPTIONS
-
         loss = info.data.get("loss")
-        accepted = LOSS_OPTIONS.get(loss) if isinstance(loss, str) else None
+        accepted = registry.LOSSES.meta(loss).options if loss in registry.LOSSES else None
         unknown = [k for k in v if accepted is not None and k not in accepted]
         valid = f"valid: {_choices(accepted or ())}" if accepted else "it takes no options"
         check(((k,), f"loss {loss!r} has no option {k!r}; {valid}") for k in unknown)
@@ -187,8 +202,6 @@ class PretrainConfig(_Spec):
 
     def run_id(self) -> str:
         """Content hash of ``identity()`` (stable across key order)."""
-        from harness.store import run_id
-
         return run_id(self.identity())
 
     def short_name(self) -> str:
@@ -198,7 +211,7 @@ class PretrainConfig(_Spec):
         )
 
 
-class Resources(_Spec):
+class Resources(SpecModel):
     """What each job of a submission asks the scheduler for."""
 
     nodes: int = 1
@@ -216,18 +229,19 @@ class Resources(_Spec):
     max_retries: int = 2
 
 
-class SubmitSpec(_Spec):
+class SubmitSpec(SpecModel):
     """A ``harness submit`` file: ``base`` PretrainConfig fields, crossed with ``grid`` (each key
     a field, each value a non-empty list), plus one run per ``include`` entry (merged over base).
     All runs are validated when the spec is, so a bad value fails at load time, not on a node."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    executor: Literal["auto", "slurm", "local", "debug"] = "auto"
+    executor: str = AUTO_EXECUTOR
     resources: Resources = Resources()
-    base: dict[str, Any] = {}
-    grid: dict[str, Any] = {}
-    include: list[dict[str, Any]] = []
+    base: dict[str, JsonValue] = {}
+    grid: dict[str, JsonValue] = {}
+    include: list[dict[str, JsonValue]] = []
     _CHECKS_READ = frozenset({"base", "grid", "include"})
+    _known_executor = field_validator("executor")(known_executor)
 
     @model_validator(mode="after")
     def _valid_runs(self) -> Self:
@@ -279,137 +293,10 @@ class SubmitSpec(_Spec):
 
 
 # --------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load`` (an empty file is ``{}``); a missing file,
-    a syntax error (with line and column) or a non-mapping top level is one HarnessError line."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise HarnessError(f"{path}: no such file", code=2) from None
-    except OSError as e:
-        raise HarnessError(f"{path}: cannot read: {e.strerror or e}", code=2) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise HarnessError(f"{path}: {_yaml_problem(e)}", code=2) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise HarnessError(
-            f"{path}: top level must be a mapping of keys (got a {type(data).__name__})", code=2
-        )
-    return data
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """One-line description of a YAML error, with 1-based line and column when known."""
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e)
-    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    return " ".join(f"YAML syntax error at {at}{problem}".split())
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
-    """A copy of ``data`` with each ``key.path=value`` applied in order; the value is parsed by
-    ``yaml.safe_load`` (so ``3``, ``[ce, mse]`` and ``null`` mean what they do in the file).
-    Missing intermediate keys are created; walking into a non-mapping is an error."""
-    out = _deep_copy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        path = key.strip().split(".")
-        if not sep or not all(path):
-            raise HarnessError(f"{where}: override {item!r}: expected key.path=value", code=2)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise HarnessError(f"{where}: override {item!r}: {_yaml_problem(e)}", code=2) from None
-        node = out
-        for depth, part in enumerate(path[:-1]):
-            if node.get(part) is None:  # absent, or an empty section (``resources:``)
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                walked = ".".join(path[: depth + 1])
-                raise HarnessError(
-                    f"{where}: override {item!r}: {walked} is not a mapping (it is {node!r})",
-                    code=2,
-                )
-        node[path[-1]] = value
-    return out
-
-
-def _deep_copy(data: Any) -> Any:
-    """Copy nested dicts/lists (plain YAML data) so overrides never touch the caller's."""
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data
-
-
-@functools.cache
-def spec_kinds() -> dict[str, tuple[type[_Spec], str]]:
-    """Each kind of spec file: its model and the subcommand that reads it."""
-    from harness.spec.study import StudySpec  # it imports this module: not at import time
-
-    return {
-        "pre-training": (SubmitSpec, "submit"),
-        "sweep": (SweepSpec, "sweep"),
-        "study": (StudySpec, "run"),
-    }
-
-
-def _other_kind(data: Mapping[str, Any], model: type[_Spec], where: str) -> str | None:
-    """When the top-level keys of ``data`` say it is a spec of another kind than ``model``'s,
-    one line naming its kind and the command that reads it; else None (validate as asked).
-
-    Another kind is recognised when its keys are all of that kind's, its required ones
-    included, or when the file has a key only that kind has and none only ``model`` has."""
-    kinds = spec_kinds()
-    names = {m: name for name, (m, _) in kinds.items()}
-    keys = set(data)
-    if model not in names or keys <= set(model.model_fields):
-        return None
-
-    def own(m: type[_Spec]) -> set[str]:  # the keys no other kind has
-        return set(m.model_fields).difference(*(o.model_fields for o in names if o is not m))
-
-    def fits(m: type[_Spec]) -> bool:
-        required = {n for n, f in m.model_fields.items() if f.is_required()}
-        return required <= keys <= set(m.model_fields)
-
-    best = max((m for m in names if m is not model), key=lambda m: (fits(m), len(keys & own(m))))
-    if not fits(best) and not (keys & own(best) and not keys & own(model)):
-        return None
-    command = kinds[names[best]][1]
-    return (
-        f"{where}: this is a {names[best]} spec, not a {names[model]} spec: "
-        f"use `harness {command} {shlex.quote(where)}`"
-    )
-
-
-def load_spec(
-    path: str | os.PathLike[str], overrides: Sequence[str] = (), kind: type[_Spec] | None = None
-) -> Any:
-    """Read a spec (a ``SubmitSpec`` unless ``kind`` says otherwise), apply ``overrides`` and
-    validate it (all runs included). A file of another kind of spec (a sweep spec given to
-    ``harness submit``) is one line saying so and naming the command that reads it."""
-    where = str(path)
-    model = kind or SubmitSpec
-    data = load_yaml(path)
-    if (other := _other_kind(data, model, where)) is not None:
-        raise HarnessError(other, code=2)
-    return model.from_dict(apply_overrides(data, overrides, where), where)
-
-
-# --------------------------------------------------------------------------------------------
 # Fine-tuning sweeps
 
 
-class CheckpointSelect(_Spec):
+class CheckpointSelect(SpecModel):
     """Which pre-trained checkpoints a sweep fine-tunes: a SQL query over the store returning a
     ``checkpoint`` column (e.g. ``SELECT checkpoint FROM pretrain WHERE arch = 'vit_tiny'``),
     and/or explicit paths."""
@@ -427,7 +314,7 @@ class CheckpointSelect(_Spec):
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 
 
-class SweepSpec(_Spec):
+class SweepSpec(SpecModel):
     """A ``harness sweep`` file: checkpoints × the ``grid`` of trial fields (each a list), over
     ``base``. With ``search: random``, a grid value may instead be a distribution
     ``{loguniform: [lo, hi]}`` / ``{uniform: [lo, hi]}`` / ``{choice: [...]}``: ``num_samples``
@@ -435,9 +322,10 @@ class SweepSpec(_Spec):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     checkpoints: CheckpointSelect
-    base: dict[str, Any] = {}
-    grid: dict[str, Any] = {}
-    include: list[dict[str, Any]] = []  # extra trial points over base, not crossed with the grid
+    base: dict[str, JsonValue] = {}
+    grid: dict[str, JsonValue] = {}
+    # extra trial points over base, not crossed with the grid
+    include: list[dict[str, JsonValue]] = []
     search: Literal["grid", "random"] = "grid"
     num_samples: int = 1
     search_seed: int = 0
@@ -486,11 +374,7 @@ class SweepSpec(_Spec):
 
     def _field_problems(self) -> Iterator[Problem]:
         """A key of base, the grid or an include entry that is not a trial field."""
-        from dataclasses import fields as dc_fields
-
-        from harness import finetune
-
-        names = {f.name for f in dc_fields(finetune.TrialConfig)} - {"checkpoint"}
+        names = trial_fields()
         keys: list[Loc] = [("base", k) for k in self.base] + [("grid", k) for k in self.grid]
         keys += [("include", n, k) for n, extra in enumerate(self.include) for k in extra]
         for at in keys:
@@ -501,8 +385,6 @@ class SweepSpec(_Spec):
         """Every value a trial can take (in base, a grid list or distribution, an include entry)
         passes the trial's own setting checks, so every point does; grid keys in ``skip`` (not
         well formed) are left out."""
-        from harness.finetune.trial import setting_problem
-
         found: list[tuple[Loc, str, Any]] = [(("base", k), k, v) for k, v in self.base.items()]
         for key, values in self.grid.items():
             if key in skip:
@@ -521,20 +403,15 @@ class SweepSpec(_Spec):
     def _point_problems(self) -> Iterator[Problem]:
         """Every trial names a known method and dataset (the model-dependent checks, layers
         and budgets, run when the checkpoints are known)."""
-        from harness import data, finetune
-
         for point in self.points():
             for key in ("dataset", "method"):
                 if key not in point:
                     yield ("base", key), "required (in base, grid or include)"
             method, ds = point.get("method"), point.get("dataset")
-            if "method" in point and not (isinstance(method, str) and method in finetune.METHODS):
-                valid = _choices(finetune.METHODS)
-                yield self._origin("method", method), f"unknown method {method!r}; valid: {valid}"
-            known = isinstance(ds, str) and (ds in data.names() or ds.startswith("imagefolder:"))
-            if "dataset" in point and not known:
-                valid = f"{_choices(data.names())}, or imagefolder:<path>"
-                yield self._origin("dataset", ds), f"unknown dataset {ds!r}; valid: {valid}"
+            if "method" in point and (bad := registry.METHODS.problem(method)) is not None:
+                yield self._origin("method", method), bad
+            if "dataset" in point and (bad := dataset_problem(ds)) is not None:
+                yield self._origin("dataset", ds), bad
 
     def key_path(self, key: str, value: Any) -> str:
         """Where in the spec trial field ``key`` takes ``value``, e.g. ``grid.layer`` or

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator
 
-from harness.spec.config import SubmitSpec, SweepSpec, _choices, _Spec
+from harness.spec.config import SpecModel, SubmitSpec, SweepSpec, dataset_problem, known_executor
 from harness.spec.problems import Problem, SpecError, check, problems_of
+from harness.spec.registry import AUTO_EXECUTOR
 
 
-class MeasureSettings(_Spec):
+class MeasureSettings(SpecModel):
     """Downstream NC per layer of every checkpoint."""
 
     split: Literal["train", "val", "test"] = "train"
@@ -26,17 +27,17 @@ class MeasureSettings(_Spec):
     batch_size: int = 256
 
 
-class ScoreSettings(_Spec):
+class ScoreSettings(SpecModel):
     limit: int | None = 2000
 
 
-class ReportSettings(_Spec):
+class ReportSettings(SpecModel):
     out: str | None = None  # default reports/<study name>
     bootstrap: int = 1000
     seed: int = 0
 
 
-class PrimaryTest(_Spec):
+class PrimaryTest(SpecModel):
     """The pre-declared primary test of one finding.
 
     ``kind`` 'correlation': Spearman ρ of ``x`` vs ``y`` (columns of the analysis view at
@@ -94,7 +95,7 @@ DEFAULT_FINDINGS: dict[str, dict[str, Any]] = {
 }
 
 
-class StudySpec(_Spec):
+class StudySpec(SpecModel):
     """A ``harness run`` file: the pre-training grid (a submit spec's ``resources``/``base``/
     ``grid``/``include``), the downstream datasets, the fine-tuning sweep (a sweep spec's
     ``base``/``grid``/``include``/search settings; its checkpoints are the study's own runs),
@@ -102,39 +103,35 @@ class StudySpec(_Spec):
     given take ``DEFAULT_FINDINGS``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    executor: Literal["auto", "slurm", "local", "debug"] = "auto"
-    pretrain: dict[str, Any]
+    executor: str = AUTO_EXECUTOR
+    pretrain: dict[str, JsonValue]
     downstream: list[str] = Field(min_length=1)
     measure: MeasureSettings = MeasureSettings()
-    finetune: dict[str, Any]
+    finetune: dict[str, JsonValue]
     scores: ScoreSettings = ScoreSettings()
     report: ReportSettings = ReportSettings()
-    findings: dict[str, dict[str, Any]] = {}
+    findings: dict[str, dict[str, JsonValue]] = {}
+    _known_executor = field_validator("executor")(known_executor)
 
     @field_validator("downstream")
     @classmethod
     def _known_downstream(cls, v: list[str]) -> list[str]:
-        from harness import data
-
-        valid = _choices(data.names())
-        check(
-            ((i,), f"unknown dataset {name!r}; valid: {valid}, or imagefolder:<path>")
-            for i, name in enumerate(v)
-            if name not in data.names() and not name.startswith("imagefolder:")
-        )
+        check(((i,), bad) for i, name in enumerate(v) if (bad := dataset_problem(name)))
         return v
 
     @field_validator("pretrain")
     @classmethod
     def _valid_pretrain(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        _sub_spec(SubmitSpec, _pretrain_dict(_name(info), info.data.get("executor", "auto"), v))
+        _sub_spec(
+            SubmitSpec, _pretrain_dict(_name(info), info.data.get("executor", AUTO_EXECUTOR), v)
+        )
         return v
 
     @field_validator("finetune")
     @classmethod
     def _valid_finetune(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         pretrain = info.data.get("pretrain")  # absent when it has problems of its own
-        executor = info.data.get("executor", "auto")
+        executor = info.data.get("executor", AUTO_EXECUTOR)
         ids = [] if pretrain is None else _run_ids(_pretrain_dict(_name(info), executor, pretrain))
         _sub_spec(SweepSpec, _sweep_dict(_name(info), v, ids))
         return v
@@ -151,7 +148,9 @@ class StudySpec(_Spec):
         problems: list[Problem] = []
         for key, fields in v.items():
             if key not in DEFAULT_FINDINGS:
-                problems.append(((key,), f"unknown finding; valid: {_choices(DEFAULT_FINDINGS)}"))
+                problems.append(
+                    ((key,), f"unknown finding; valid: {', '.join(sorted(DEFAULT_FINDINGS))}")
+                )
                 continue
             try:
                 PrimaryTest.model_validate({**DEFAULT_FINDINGS[key], **fields})
@@ -200,7 +199,7 @@ def _run_ids(pretrain: dict[str, Any]) -> list[str]:
     return [cfg.run_id() for cfg in SubmitSpec.model_validate(pretrain).runs()]
 
 
-def _sub_spec(model: type[_Spec], d: dict[str, Any]) -> None:
+def _sub_spec(model: type[SpecModel], d: dict[str, Any]) -> None:
     """Validate one part of a study as the spec it becomes; its problems, at their key paths
     within the part, as one ``SpecError``."""
     try:

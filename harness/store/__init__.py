@@ -7,11 +7,13 @@ tables may gain columns). ``compact`` merges many small parts into one sorted pa
 reader ever seeing a row twice or not at all (``harness.store.parts`` has the protocol); the
 parts it replaced are kept, checksummed in its manifest, until ``vacuum``.
 
-Modules: ``schema`` (tables, validation), ``parts`` (layout, writing, snapshots, compaction),
+Modules: ``schema`` (tables, validation), ``fits`` (whether a part or view fits its schema),
+``parts`` (layout, writing, snapshots, compaction), ``health`` (damaged parts, quarantine),
 ``read`` (DuckDB views, bulk look-ups), ``provenance`` (run ids, ``runs`` rows, paths in rows
 relative to the root). This package knows nothing of torch, Ray or SLURM.
 """
 
+from harness.spec.identity import canonical_json, run_id
 from harness.store.health import (
     QUARANTINE,
     Damage,
@@ -55,12 +57,10 @@ from harness.store.parts import (
 )
 from harness.store.provenance import (
     Provenance,
-    canonical_json,
     git_state,
     package_versions,
     record_run,
     resolve_path,
-    run_id,
     store_path,
     utcnow,
 )

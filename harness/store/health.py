@@ -17,26 +17,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-
 from harness.errors import HarnessError
 from harness.store.fileio import atomic_write, file_lock
+from harness.store.fits import file_problem
 from harness.store.parts import (
     COMPACT_DIR,
     KEPT_DIR,
     LIST,
     MANIFEST,
     Manifest,
-    _replaced_by,
     is_merged,
     kept_dir,
     move,
     parts,
     read_manifest,
+    replaced_by,
     results_root,
     sidecar,
 )
-from harness.store.schema import SCHEMAS, TABLES, sql_type
+from harness.store.schema import TABLES
 
 QUARANTINE = "quarantine"
 _PARQUET_PATH = re.compile(r"""['"]?(/[^'"\s]+?\.parquet)['"]?""")
@@ -52,47 +51,6 @@ class Damage:
     table: str
     reason: str
     kind: str = "damaged"
-
-
-def one_line(msg: object) -> str:
-    """A multi-line message (DuckDB's, pyarrow's) as one line."""
-    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
-
-
-def _same_type(found: pa.DataType, want: pa.DataType) -> bool:
-    if pa.types.is_timestamp(found) and pa.types.is_timestamp(want):
-        return found.tz is not None  # any unit, as long as it is a UTC instant
-    return found == want
-
-
-def file_problem(table: str, path: str | os.PathLike) -> str | None:
-    """Why a part of ``table`` cannot be used, or None when it can: its footer must read and its
-    columns must be declared columns of the declared types, required ones present."""
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:  # noqa: BLE001 - any failure to read the footer means unusable
-        return f"unreadable ({one_line(e)[:120]})"
-    declared = SCHEMAS[table]
-    for f in schema:
-        if f.name not in declared.names:
-            return f"column {f.name!r} is not a {table} column"
-        if not _same_type(f.type, declared.field(f.name).type):
-            return f"column {f.name!r} is {f.type}, expected {declared.field(f.name).type}"
-    missing = [f.name for f in declared if not f.nullable and f.name not in schema.names]
-    return f"required column {missing[0]!r} is missing" if missing else None
-
-
-def view_fits(table: str, described: list[tuple]) -> bool:
-    """Whether a bound view's columns (DuckDB ``DESCRIBE`` rows) are declared ones, as declared."""
-    declared = {f.name: sql_type(f.type) for f in SCHEMAS[table]}
-    aliases = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE"}
-    for name, kind, *_ in described:
-        want = declared.get(name)
-        if want is None or aliases.get(want, want) != kind:
-            return False
-    return True
 
 
 def scan_files(table: str, files: list[Path]) -> list[Damage]:
@@ -332,7 +290,7 @@ def restore(
         listed = cdir / sidecar(merged.name, LIST)
         step("list")
         if plan.deeper:
-            names = sorted((_replaced_by(cdir, merged.name) or set()) | set(plan.deeper))
+            names = sorted((replaced_by(cdir, merged.name) or set()) | set(plan.deeper))
             atomic_write(listed, lambda p: p.write_text("\n".join(names) + "\n"), fsync=True)
         step("restore")
         for src, dest in plan.moves:

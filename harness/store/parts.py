@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.store.fileio import atomic_write, file_lock
+from harness.store.fits import file_problem, one_line
 from harness.store.schema import SCHEMAS, SORT_KEYS, TABLES, StoreError, validate_rows
 
 RESULTS_ENV = "HARNESS_RESULTS"
@@ -110,7 +111,7 @@ def sidecar(merged: str, suffix: str) -> str:
     return merged.removesuffix(".parquet") + suffix
 
 
-def _replaced_by(cdir: Path, merged: str) -> set[str] | None:
+def replaced_by(cdir: Path, merged: str) -> set[str] | None:
     """Names (relative to the table folder) a merged part replaces; None if its list vanished
     (the merged part was itself replaced and moved aside meanwhile)."""
     try:
@@ -139,7 +140,7 @@ def snapshot(table: str, root: str | os.PathLike | None = None) -> Snapshot:
         if merged != sorted(_names(cdir, "compact-", ".parquet")):
             continue  # a compaction committed while we listed
         replaced: set[str] = set()
-        lists = [_replaced_by(cdir, m) for m in merged]
+        lists = [replaced_by(cdir, m) for m in merged]
         if any(r is None for r in lists):
             continue
         for r in lists:
@@ -319,8 +320,6 @@ def _usable(table: str, tdir: Path, snap: Snapshot) -> tuple[list[Path], list[st
     """The live files a compaction merges and the names it replaces: a damaged part (one
     footer read each, as readers judge it) stays where it is, live and left out by readers,
     for ``harness doctor``; it is never merged or moved."""
-    from harness.store.health import file_problem  # health builds on this module
-
     problems = _pool(lambda p: file_problem(table, p), snap.live)
     bad = {p for p, why in zip(snap.live, problems, strict=True) if why}
     return [p for p in snap.live if p not in bad], [n for n in snap.seen if tdir / n not in bad]
@@ -362,7 +361,7 @@ def _tidy(tdir: Path, cdir: Path) -> None:
     merged = sorted(_names(cdir, "compact-", ".parquet"))
     owner: dict[str, str] = {}  # a replaced merged part -> the merged part keeping it
     for m in merged:
-        names = _replaced_by(cdir, m) or set()
+        names = replaced_by(cdir, m) or set()
         leftovers = [n for n in names if (tdir / n).exists()]
         if leftovers:
             _move_aside(tdir, m, leftovers)
@@ -412,8 +411,6 @@ def compact(
         except (pa.ArrowException, OSError) as e:
             if is_missing_file_error(e):
                 raise
-            from harness.store.health import one_line
-
             raise StoreError(
                 f"{table}: cannot compact ({one_line(e)[:160]}); `harness doctor` checks the parts"
             ) from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import json
 import os
 import socket
@@ -16,18 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness.spec.identity import canonical_json, run_id
 from harness.store.parts import append, results_root
-
-
-def canonical_json(config: Mapping[str, Any]) -> str:
-    """Key-sorted, whitespace-free JSON: the form a run id is hashed from."""
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def run_id(config: Mapping[str, Any]) -> str:
-    """sha256 of the canonical config JSON (first 16 hex digits)."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
-
 
 _PACKAGES = (
     "harness",

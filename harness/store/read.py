@@ -7,12 +7,13 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
 from harness.errors import HarnessError
-from harness.store.health import Damage, named_part, one_line, scan_files, view_fits, warn
+from harness.store.fits import one_line, view_fits
+from harness.store.health import Damage, named_part, scan_files, warn
 from harness.store.parts import (
     COMPACT_DIR,
     has_results,
@@ -22,6 +23,9 @@ from harness.store.parts import (
     retrying,
 )
 from harness.store.schema import SCHEMAS, TABLES, sql_type
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 T = TypeVar("T")
 
@@ -42,7 +46,7 @@ def _view_sql(table: str, files: list[Any]) -> str:
     return f"SELECT * FROM read_parquet([{listed}], union_by_name=true)"
 
 
-def _checked_view(con: Any, table: str, files: list[Path]) -> list[Damage]:
+def _checked_view(con: DuckDBPyConnection, table: str, files: list[Path]) -> list[Damage]:
     """Create ``table``'s view over ``files``, leaving out parts DuckDB cannot bind or whose
     columns do not fit (found by one footer read per part, only when binding showed a problem).
     Returns the parts left out."""
@@ -69,7 +73,9 @@ def _checked_view(con: Any, table: str, files: list[Path]) -> list[Damage]:
     return bad
 
 
-def _fill_missing(con: Any, table: str, files: list[Path], described: list[tuple]) -> None:
+def _fill_missing(
+    con: DuckDBPyConnection, table: str, files: list[Path], described: list[tuple]
+) -> None:
     """Declared columns that no part has (a store written before the column existed) read as
     NULL, so that queries written for today's schema bind over an older store too."""
     have = {row[0] for row in described}
@@ -97,7 +103,7 @@ SCOPE_FILTERS: dict[str, str] = {
 }
 
 
-def _apply_scope(con: Any, scope: Sequence[str]) -> None:
+def _apply_scope(con: DuckDBPyConnection, scope: Sequence[str]) -> None:
     """Narrow every table's view to one study (``SCOPE_FILTERS``): the raw views move to
     ``_all_<table>`` and ``<table>`` becomes the filtered view over them."""
     con.execute("CREATE TABLE _scope (run_id VARCHAR)")
@@ -111,7 +117,7 @@ def _apply_scope(con: Any, scope: Sequence[str]) -> None:
         con.execute(f"CREATE VIEW {t} AS SELECT * FROM _all_{t} WHERE {SCOPE_FILTERS[t]}")
 
 
-def _sandbox(con: Any, root: Path) -> None:
+def _sandbox(con: DuckDBPyConnection, root: Path) -> None:
     """Queries may read the results root and nothing else, write nothing, load nothing; the
     settings are locked so that SQL cannot switch them back."""
     con.execute(f"SET allowed_directories=[{_sql_str(str(root) + os.sep)}]")
@@ -298,7 +304,7 @@ def latest_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
-def _check_statements(con: Any, sql: str) -> None:
+def _check_statements(con: DuckDBPyConnection, sql: str) -> None:
     """Only queries: writes, ``COPY``, ``ATTACH``, ``INSTALL``/``LOAD``, ``SET`` are one line."""
     import duckdb
 
@@ -321,7 +327,7 @@ def execute(sql: str, root: str | os.PathLike | None = None) -> pa.Table:
 
     base = results_root(root)
 
-    def run(con: Any) -> pa.Table:
+    def run(con: DuckDBPyConnection) -> pa.Table:
         _check_statements(con, sql)
         rel = con.sql(sql)
         if rel is None:  # a statement without a result set

@@ -1,4 +1,4 @@
-"""Pre-training losses, looked up by name (timm-style registry: a dict filled by a decorator).
+"""Pre-training losses, looked up by name (declared in ``harness.spec.registry.LOSSES``).
 
 Every loss is an ``nn.Module`` called as ``loss(outputs, labels)`` and returns the mean over the
 batch as a scalar tensor. ``outputs`` are the classifier's logits (B×K) for the classifier losses
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.spec import catalog
+from harness.spec import registry
+from harness.spec.registry import Entry, LossMeta
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,6 @@ class LossSpec:
     summary: str = ""
 
 
-LOSSES: dict[str, LossSpec] = {}
-
-
 def _options_of(factory: Callable[..., nn.Module]) -> dict[str, Any]:
     """The keyword-only options of a loss factory and their defaults, read from its signature so
     the registry and the constructor cannot disagree."""
@@ -62,45 +60,16 @@ def _options_of(factory: Callable[..., nn.Module]) -> dict[str, Any]:
     return options
 
 
-def register_loss(name: str, *, views: int = 1, needs_classifier_logits: bool = True):
-    """Class decorator: register a loss ``cls(num_classes, *, opt=default, ...)`` under ``name``.
-    Options are the constructor's keyword-only parameters."""
-
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        if views < 1:
-            raise ValueError(f"loss {name!r}: views must be >= 1, got {views}")
-        doc = inspect.getdoc(cls) or ""
-        options = _options_of(cls)
-        catalog.agree("loss", name, catalog.LOSS_OPTIONS.get(name), options)
-        catalog.LOSS_OPTIONS.setdefault(name, options)
-        LOSSES[name] = LossSpec(
-            name=name,
-            build=cls,
-            views=views,
-            needs_classifier_logits=needs_classifier_logits,
-            defaults=MappingProxyType(options),
-            summary=doc.splitlines()[0] if doc else "",
-        )
-        return cls
-
-    return deco
-
-
 def loss_names() -> list[str]:
     """Registered loss names, sorted."""
-    return sorted(LOSSES)
+    return sorted(registry.LOSSES)
 
 
 def get_loss_spec(name: str) -> LossSpec:
     """The ``LossSpec`` of ``name``; HarnessError listing the valid names if unknown."""
-    try:
-        return LOSSES[name]
-    except (KeyError, TypeError):
-        raise HarnessError(
-            f"unknown loss {name!r}; valid losses: {', '.join(loss_names())}"
-        ) from None
+    if (bad := registry.LOSSES.problem(name)) is not None:
+        raise HarnessError(bad)
+    return LOSSES[name]
 
 
 def build_loss(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -148,7 +117,6 @@ def _check_logits(loss: str, logits: torch.Tensor, labels: torch.Tensor, k: int)
 # ---------------------------------------------------------------- losses
 
 
-@register_loss("ce")
 class CrossEntropy(nn.Module):
     """Cross-entropy on the classifier's logits (mean over the batch)."""
 
@@ -161,7 +129,6 @@ class CrossEntropy(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
-@register_loss("label_smoothing")
 class LabelSmoothingCE(nn.Module):
     """Cross-entropy against smoothed targets (1−ε)·onehot + ε/K (mean over the batch).
 
@@ -185,7 +152,6 @@ class LabelSmoothingCE(nn.Module):
         return ((1.0 - self.smoothing) * nll + self.smoothing * uniform).mean()
 
 
-@register_loss("mse")
 class MSELoss(nn.Module):
     """Squared error between logits and scaled one-hot targets, summed over classes.
 
@@ -204,7 +170,6 @@ class MSELoss(nn.Module):
         return ((logits - target) ** 2).sum(dim=1).mean()
 
 
-@register_loss("supcon", views=2, needs_classifier_logits=False)
 class SupConLoss(nn.Module):
     """Supervised contrastive loss (Khosla et al. 2020, L_out) on projection-head embeddings.
 
@@ -249,3 +214,29 @@ class SupConLoss(nn.Module):
         pos_sum = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
         per_anchor = -pos_sum[has_pos] / counts[has_pos].to(z.dtype)
         return per_anchor.mean()
+
+
+def _spec_of(entry: Entry[LossMeta]) -> LossSpec:
+    """The ``LossSpec`` of a registry entry; its options must be the constructor's keyword-only
+    parameters (a developer error otherwise, raised on import)."""
+    cls = entry.load()
+    assert isinstance(cls, type) and issubclass(cls, nn.Module)
+    options = _options_of(cls)
+    if options != dict(entry.meta.options):
+        raise TypeError(
+            f"loss {entry.name!r}: options {options} of {entry.target} differ from the "
+            f"registry's {dict(entry.meta.options)}"
+        )
+    doc = inspect.getdoc(cls) or ""
+    return LossSpec(
+        name=entry.name,
+        build=cls,
+        views=entry.meta.views,
+        needs_classifier_logits=entry.meta.needs_classifier_logits,
+        defaults=MappingProxyType(options),
+        summary=doc.splitlines()[0] if doc else "",
+    )
+
+
+# every loss of ``harness.spec.registry.LOSSES`` (all are defined in this module)
+LOSSES: dict[str, LossSpec] = {e.name: _spec_of(e) for e in registry.LOSSES.entries()}
